@@ -1,0 +1,295 @@
+"""Typed run configuration: defaults < TOML file < `section.key=value` overrides.
+
+One dataclass per TOML section. Unknown keys and wrong types are refused with a
+did-you-mean, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import difflib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/demo_shards"
+    """Directory with manifest.json (or a file path to one)."""
+    split: str = "train"
+    batch_size: int = 128
+    """Per-rank batch size; the global batch is batch_size * world_size."""
+    num_workers: int = 2
+    """DataLoader worker processes per rank."""
+    seed: int = 0
+    """Seeds the epoch plan (shard and sample order)."""
+    on_corrupt: str = "skip"
+    """skip: report and replace a corrupt sample within its batch; fail: stop with its shard and key."""
+    pin_memory: bool = True
+    prefetch_factor: int = 4
+    translate_px: int = 2
+    """Random translation of up to this many pixels (the seed's Resize(+2) + RandomCrop)."""
+    color_jitter: float = 0.05
+    """Brightness/contrast/saturation jitter strength; 0 disables."""
+    hflip: bool = False
+    """Off by default: game HUDs are not mirror-symmetric."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "data.batch_size must be >= 1")
+        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _check(self.on_corrupt in ("skip", "fail"), "data.on_corrupt must be 'skip' or 'fail'")
+        _check(self.translate_px >= 0, "data.translate_px must be >= 0")
+        _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64
+    height: int = 64
+    channels: int = 3
+    nz: int = 100
+    """Latent vector size."""
+    ngf: int = 64
+    ndf: int = 64
+    loss: str = "bce"
+    """bce: the seed's loss; hinge: hinge loss (use with spectral_norm)."""
+    spectral_norm: bool = False
+    """Spectral norm on D's convolutions (and no BatchNorm in D)."""
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 8 and self.height >= 8, "model.width and model.height must be >= 8")
+        _check(self.channels in (1, 3), "model.channels must be 1 or 3")
+        _check(self.loss in ("bce", "hinge"), "model.loss must be 'bce' or 'hinge'")
+        _check(min(self.nz, self.ngf, self.ndf) >= 1, "model.nz, ngf, ndf must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+    def __post_init__(self) -> None:
+        _check(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: run all epochs)."""
+    seed: int = 0
+    """Seeds weights, latent noise and augmentation (derived per rank and step)."""
+    device: str = "auto"
+    """auto: cuda if available else cpu."""
+    precision: str = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16."""
+    channels_last: bool = True
+    compile: bool = False
+    ema_decay: float = 0.999
+    """EMA of G's weights used for samples; 0 disables."""
+    log_every_steps: int = 10
+    sample_every_steps: int = 500
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs must be >= 1")
+        _check(self.max_steps >= 0, "train.max_steps must be >= 0")
+        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    """0 disables step-based checkpoints."""
+    every_minutes: float = 10.0
+    """0 disables time-based checkpoints."""
+    keep_last: int = 3
+    resume: str = "auto"
+    """auto: newest valid checkpoint in the run dir if any; never; or a checkpoint path."""
+    allow_config_change: bool = False
+    """Allow resuming with a batch/world/image size change that breaks exactness."""
+
+    def __post_init__(self) -> None:
+        _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    name: str = ""
+    """Run directory name under root; empty: a random 4-character ID like the seed's."""
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """Compute SWD against the val split every N steps on rank 0 (0: only at the end)."""
+    num_images: int = 512
+    fid_weights: str = ""
+    """Path to Inception weights for FID/KID; empty: skip FID."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(where: str, value: Any, target: type) -> Any:
+    """Convert a TOML value or command-line string to the field's type, or say why not."""
+    if isinstance(value, str) and target is not str:
+        text = value.strip()
+        if target is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        try:
+            return target(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}") from None
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not target:
+        raise ConfigError(f"{where}: expected {target.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(raw: dict[str, dict[str, Any]], updates: dict[str, Any], origin: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for name, table in updates.items():
+        if name not in sections:
+            raise ConfigError(f"{origin}: unknown section [{name}]{_did_you_mean(name, list(sections))}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table of keys")
+        hints = typing.get_type_hints(typing.get_type_hints(Config)[name])
+        for key, value in table.items():
+            if key not in hints:
+                raise ConfigError(
+                    f"{origin}: unknown key {name}.{key}{_did_you_mean(key, list(hints))}"
+                )
+            raw.setdefault(name, {})[key] = _coerce(f"{origin}: {name}.{key}", value, hints[key])
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """`["train.batch_size=256"]` -> `{"train": {"batch_size": "256"}}` (types checked later)."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. data.batch_size=256")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def build_config(raw: dict[str, dict[str, Any]]) -> Config:
+    hints = typing.get_type_hints(Config)
+    return Config(**{name: hints[name](**raw.get(name, {})) for name in hints})
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file, then overrides; every key validated."""
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                table = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        _merge(raw, table, str(path))
+    _merge(raw, parse_overrides(overrides or []), "command line")
+    return build_config(raw)
+
+
+def config_from_dict(table: dict[str, dict[str, Any]], origin: str = "checkpoint") -> Config:
+    raw: dict[str, dict[str, Any]] = {}
+    _merge(raw, table, origin)
+    return build_config(raw)
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialize to TOML (flat sections of scalars, so a tiny writer suffices)."""
+    lines: list[str] = []
+    for section, table in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+INI_KEYS = {
+    "dataroot": ("data", "shards"),
+    "workers": ("data", "num_workers"),
+    "batch_size": ("data", "batch_size"),
+    "image_width": ("model", "width"),
+    "image_height": ("model", "height"),
+    "num_channels": ("model", "channels"),
+    "latent_vector_size": ("model", "nz"),
+    "ngf": ("model", "ngf"),
+    "ndf": ("model", "ndf"),
+    "num_epochs": ("train", "epochs"),
+    "lr": ("optim", "lr_g"),
+    "beta1": ("optim", "beta1"),
+    "output_dir": ("run", "root"),
+}
+
+
+def import_ini(path: str | Path) -> Config:
+    """Turn the seed project's model_config.ini ([CONFIGS]) into a Config.
+
+    `ngpu` has no equivalent (use torchrun --nproc_per_node); lr sets both lr_g and lr_d.
+    """
+    parser = configparser.ConfigParser()
+    try:
+        if not parser.read(path):
+            raise ConfigError(f"INI file not found: {path}")
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: invalid INI: {e}".splitlines()[0]) from None
+    if "CONFIGS" not in parser:
+        raise ConfigError(f"{path}: no [CONFIGS] section (the seed's model_config.ini has one)")
+    updates: dict[str, dict[str, str]] = {}
+    for key, value in parser["CONFIGS"].items():
+        if key == "ngpu":
+            continue
+        if key not in INI_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key, list(INI_KEYS))}")
+        section, name = INI_KEYS[key]
+        updates.setdefault(section, {})[name] = value
+        if key == "lr":
+            updates["optim"]["lr_d"] = value
+    raw: dict[str, dict[str, Any]] = {}
+    _merge(raw, updates, str(path))
+    return build_config(raw)

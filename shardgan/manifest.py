@@ -1,0 +1,172 @@
+"""`manifest.json`: what a packed dataset holds, written by pack, trusted by the loader.
+
+The manifest is the contract between pack and loader. It lists, per split, every
+shard with its sample count, byte size, sha256 and the byte offset of each sample
+inside the tar, so the loader can seek straight to sample i of a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes_atomic
+from .errors import DataError
+
+FORMAT_NAME = "shardgan"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    """File name relative to the dataset directory, e.g. train-000000.tar."""
+    num_samples: int
+    num_bytes: int
+    sha256: str
+    offsets: list[int]
+    """num_samples + 1 byte offsets: sample i spans [offsets[i], offsets[i+1]) of the tar."""
+
+
+@dataclass
+class SplitInfo:
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.shards)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(s.num_bytes for s in self.shards)
+
+
+@dataclass
+class Manifest:
+    width: int
+    height: int
+    channels: int
+    image_format: str
+    """png | jpg | webp | raw (raw is stored as .npy, uint8 H x W x C)."""
+    splits: dict[str, SplitInfo]
+    pack_args: dict[str, Any] = field(default_factory=dict)
+    num_inputs: int = 0
+    filtered: dict[str, int] = field(default_factory=dict)
+    """Dropped on purpose, by filter name: {"blank": n, "duplicate": n}."""
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    """Inputs that could not be used: [{"path": ..., "reason": ...}]."""
+    root: Path = Path(".")
+    """Directory the shard names are relative to (not serialized)."""
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits or not self.splits[name].shards:
+            have = ", ".join(k for k, v in self.splits.items() if v.shards) or "none"
+            raise DataError(f"{self.root / MANIFEST_NAME}: no split {name!r} (splits: {have})")
+        return self.splits[name]
+
+    def shard_path(self, shard: ShardInfo) -> Path:
+        return self.root / shard.name
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "image": {
+                "width": self.width,
+                "height": self.height,
+                "channels": self.channels,
+                "format": self.image_format,
+            },
+            "pack_args": self.pack_args,
+            "num_inputs": self.num_inputs,
+            "splits": {
+                name: {
+                    "num_samples": split.num_samples,
+                    "num_bytes": split.num_bytes,
+                    "shards": [asdict(s) for s in split.shards],
+                }
+                for name, split in self.splits.items()
+            },
+            "filtered": self.filtered,
+            "skipped": self.skipped,
+        }
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        text = json.dumps(self.to_json(), indent=1, sort_keys=True) + "\n"
+        write_bytes_atomic(path, text.encode())
+        return path
+
+
+def manifest_path(location: str | Path) -> Path:
+    location = Path(location)
+    return location if location.suffix == ".json" else location / MANIFEST_NAME
+
+
+def load_manifest(location: str | Path) -> Manifest:
+    """Read and validate a manifest from a dataset directory or a manifest.json path."""
+    path = manifest_path(location)
+    if not path.parent.is_dir():
+        raise DataError(f"shard directory not found: {path.parent}")
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"no {MANIFEST_NAME} in {path.parent} (pack frames first: shardgan pack FRAMES {path.parent})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise DataError(f"{path}: not a shardgan manifest")
+    if doc.get("version") != FORMAT_VERSION:
+        raise DataError(
+            f"{path}: manifest version {doc.get('version')!r} is not supported "
+            f"(this shardgan reads version {FORMAT_VERSION}); re-pack the frames"
+        )
+    try:
+        image = doc["image"]
+        splits = {
+            name: SplitInfo([ShardInfo(**s) for s in split["shards"]])
+            for name, split in doc["splits"].items()
+        }
+        manifest = Manifest(
+            width=int(image["width"]),
+            height=int(image["height"]),
+            channels=int(image["channels"]),
+            image_format=str(image["format"]),
+            splits=splits,
+            pack_args=doc.get("pack_args", {}),
+            num_inputs=doc.get("num_inputs", 0),
+            filtered=doc.get("filtered", {}),
+            skipped=doc.get("skipped", []),
+            root=path.parent,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: malformed manifest ({type(e).__name__}: {e})") from None
+    for split in manifest.splits.values():
+        for shard in split.shards:
+            if len(shard.offsets) != shard.num_samples + 1:
+                raise DataError(f"{path}: shard {shard.name} has {len(shard.offsets)} offsets for {shard.num_samples} samples")
+    return manifest
+
+
+def check_shards_present(manifest: Manifest, split: str) -> None:
+    """Cheap start-up check (stat only): every listed shard exists with its recorded size."""
+    for shard in manifest.split(split).shards:
+        path = manifest.shard_path(shard)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"shard missing: {path} (listed in {manifest.root / MANIFEST_NAME})") from None
+        if size != shard.num_bytes:
+            raise DataError(f"shard {path} has {size} bytes, manifest says {shard.num_bytes} (truncated or replaced?)")
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,156 @@
+"""The on-disk sample format shared by pack (writes) and loader (reads).
+
+A shard is a plain USTAR tar that `tar tf` and `webdataset.WebDataset` read:
+each sample is two consecutive members, `<key>.json` (source path, frame) then
+`<key>.<ext>` (the image, exactly H x W x C). Keys are digits and underscores only,
+so webdataset's "key = name before the first dot" rule always holds.
+Tar headers carry fixed mtime/owner/mode, so the same samples give the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from .atomic import atomic_write
+from .manifest import ShardInfo, sha256_file
+
+IMAGE_FORMATS = ("png", "jpg", "webp", "raw")
+EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp", "raw": "npy"}
+META_EXT = "json"
+TAR_BLOCK = 512
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One packed frame: its key, encoded image bytes and metadata."""
+
+    key: str
+    image: bytes
+    meta: dict
+
+
+def sample_key(input_index: int, frame: int | None = None) -> str:
+    """Key from the input's position in the sorted scan (and the frame number for videos)."""
+    return f"{input_index:09d}" if frame is None else f"{input_index:09d}_{frame:07d}"
+
+
+def encode_image(pixels: np.ndarray, image_format: str, quality: int = 95) -> bytes:
+    """(H, W, C) uint8 -> stored bytes. Deterministic for a given Pillow/numpy version."""
+    if image_format == "raw":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
+        return buf.getvalue()
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels)
+    buf = io.BytesIO()
+    if image_format == "png":
+        image.save(buf, format="PNG", compress_level=6)
+    elif image_format == "jpg":
+        image.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif image_format == "webp":
+        image.save(buf, format="WEBP", quality=quality, lossless=quality >= 100, method=4)
+    else:
+        raise ValueError(f"unknown image format {image_format!r}")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, image_format: str, height: int, width: int, channels: int) -> np.ndarray:
+    """Stored bytes -> (H, W, C) uint8; raises ValueError if the bytes are not that image."""
+    if image_format == "raw":
+        size = height * width * channels
+        if len(data) < size:
+            raise ValueError(f"raw sample has {len(data)} bytes, needs {size}")
+        # .npy = header + C-order payload; the payload is the last H*W*C bytes.
+        return np.frombuffer(data, dtype=np.uint8, offset=len(data) - size).reshape(height, width, channels)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            pixels = np.asarray(image)
+    except Exception as e:  # Pillow raises many types for bad bytes
+        raise ValueError(f"cannot decode {image_format}: {e}") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape != (height, width, channels):
+        raise ValueError(f"decoded shape {pixels.shape}, expected {(height, width, channels)}")
+    return pixels
+
+
+def write_shard(path: str | Path, samples: Iterable[Sample], image_format: str) -> ShardInfo:
+    """Write samples to a tar at `path` atomically; return its manifest entry (with offsets)."""
+    path = Path(path)
+    ext = EXTENSIONS[image_format]
+    count = 0
+    with atomic_write(path) as f:
+        with wds.TarWriter(f, user="shardgan", group="shardgan", mode=0o444, encoder=False, mtime=0) as writer:
+            for sample in samples:
+                meta = json.dumps(sample.meta, sort_keys=True).encode()
+                writer.write({"__key__": sample.key, META_EXT: meta, ext: sample.image})
+                count += 1
+    offsets = member_offsets(path)
+    if len(offsets) != count + 1:
+        raise RuntimeError(f"{path}: wrote {count} samples but found {len(offsets) - 1}")
+    return ShardInfo(path.name, count, path.stat().st_size, sha256_file(path), offsets)
+
+
+def member_offsets(path: str | Path) -> list[int]:
+    """Byte offset where each sample's first member header starts, plus the end of the last one."""
+    offsets: list[int] = []
+    last_key = None
+    end = 0
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            key = member.name.split(".", 1)[0]
+            if key != last_key:
+                offsets.append(member.offset)
+                last_key = key
+            end = member.offset_data + _padded(member.size)
+    return offsets + [end]
+
+
+def _padded(size: int) -> int:
+    return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+def parse_members(blob: bytes) -> dict[str, bytes]:
+    """Parse the tar members of one sample's byte range into {"__key__": key, ext: bytes}.
+
+    Used with a pread of [offsets[i], offsets[i+1]): no tar stream, no skipped samples read.
+    """
+    out: dict[str, bytes] = {}
+    pos = 0
+    while pos + TAR_BLOCK <= len(blob):
+        header = blob[pos : pos + TAR_BLOCK]
+        if header.count(0) == TAR_BLOCK:
+            break
+        info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+        key, _, ext = info.name.partition(".")
+        data_start = pos + TAR_BLOCK
+        data = blob[data_start : data_start + info.size]
+        if len(data) != info.size:
+            raise ValueError(f"member {info.name} truncated ({len(data)} of {info.size} bytes)")
+        out["__key__"] = key
+        out[ext] = data
+        pos = data_start + _padded(info.size)
+    if "__key__" not in out:
+        raise ValueError("no tar member in sample range")
+    return out
+
+
+def read_sample(f: BinaryIO, start: int, end: int) -> dict[str, bytes]:
+    f.seek(start)
+    blob = f.read(end - start)
+    if len(blob) != end - start:
+        raise ValueError(f"shard ends at byte {start + len(blob)}, sample needs up to {end}")
+    try:
+        return parse_members(blob)
+    except tarfile.HeaderError as e:
+        raise ValueError(f"bad tar header at byte {start}: {e}") from None

@@ -1,0 +1,66 @@
+"""Manifest: round trip, and every way it can be wrong gives one clear DataError."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shardgan.errors import DataError
+from shardgan.manifest import MANIFEST_NAME, check_shards_present, load_manifest
+
+from .conftest import build_dataset
+
+
+def test_roundtrip(tmp_path):
+    written = build_dataset(tmp_path / "ds", [3, 5], val_sizes=(2,))
+    loaded = load_manifest(tmp_path / "ds")
+    assert loaded.to_json() == written.to_json()
+    assert loaded.split("train").num_samples == 8 and loaded.split("val").num_samples == 2
+    check_shards_present(loaded, "train")
+
+
+def _edit(path, **changes):
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"version": 99}, "manifest version 99 is not supported"),
+        ({"format": "other"}, "not a shardgan manifest"),
+        ({"image": {}}, "malformed manifest"),
+    ],
+)
+def test_incompatible_manifest(tmp_path, change, message):
+    build_dataset(tmp_path / "ds", [2])
+    _edit(tmp_path / "ds" / MANIFEST_NAME, **change)
+    with pytest.raises(DataError, match=message):
+        load_manifest(tmp_path / "ds")
+
+
+def test_missing_directory_manifest_and_split(tmp_path):
+    with pytest.raises(DataError, match="shard directory not found"):
+        load_manifest(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no manifest.json"):
+        load_manifest(tmp_path / "empty")
+    (tmp_path / "empty" / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_manifest(tmp_path / "empty")
+    build_dataset(tmp_path / "ds", [2])
+    with pytest.raises(DataError, match="no split 'val'"):
+        load_manifest(tmp_path / "ds").split("val")
+
+
+def test_missing_or_truncated_shard_found_at_startup(tmp_path):
+    manifest = build_dataset(tmp_path / "ds", [2, 2])
+    shard = tmp_path / "ds" / "train-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(DataError, match="train-000001.tar has .* bytes, manifest says"):
+        check_shards_present(manifest, "train")
+    shard.unlink()
+    with pytest.raises(DataError, match="shard missing: .*train-000001.tar"):
+        check_shards_present(manifest, "train")
