@@ -10,6 +10,12 @@ CONFIG ?= configs/demo.toml
 NPROC ?= 2
 RUN ?= demo
 ARGS ?=
+# `make train` on your own frames and GPUs, e.g.:
+#   make train DATA=~/sm64_frames SHARDS=data/sm64_shards SIZE=88x66 VAL=2000 CONFIG=configs/gc7m.toml NPROC=8 RUN=sm64
+SIZE ?= 64x48
+VAL ?= 256
+DEMO_FRAMES := data/demo_frames
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: venv test train bench soak clean
 
@@ -23,6 +29,17 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Demo frames (only when DATA is the default), pack, train; each step is cached, so running it
+# again resumes the same run (RUN) from its newest checkpoint.
+train: $(STAMP) $(DEMO_STAMP)
+	$(if $(filter $(DEMO_FRAMES),$(DATA)),$(PY) tools/make_demo_frames.py $(DATA))
+	$(PY) -m shardgan.cli pack $(DATA) $(SHARDS) --size $(SIZE) --val $(VAL)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m shardgan.train --config $(CONFIG) data.shards=$(SHARDS) run.name=$(RUN) $(ARGS)
+
+$(DEMO_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[demo]' || echo "warning: vizdoom did not install; the demo frames will be procedural stand-ins"
+	touch $@
 
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak

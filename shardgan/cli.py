@@ -36,6 +36,106 @@ def import_ini_cmd(
         typer.echo(f"wrote {out}")
 
 
+@app.command("pack")
+def pack_cmd(
+    src: Path = typer.Argument(..., help="Folder of frames (png/jpg/jpeg/bmp/webp) and/or videos (mp4/mkv/avi/webm), searched recursively"),
+    dst: Path = typer.Argument(..., help="Output folder for the shards and manifest.json"),
+    size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66"),
+    mode: str = typer.Option("stretch", "--mode", help="stretch | crop (fill, cut centre) | pad (fit, black borders)"),
+    channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
+    image_format: str = typer.Option("png", "--format", help="png | jpg | webp | raw (uncompressed .npy)"),
+    quality: int = typer.Option(95, "--quality", help="jpg/webp quality (webp: 100 = lossless)"),
+    shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB"),
+    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", help="Cut shards by sample count instead"),
+    val: str = typer.Option("0", "--val", help="Held-out split: a count (500) or a fraction (0.05)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the global shuffle and the val split"),
+    every: int = typer.Option(1, "--every", help="Videos: keep every k-th frame"),
+    blank_threshold: float = typer.Option(2.0, "--blank-threshold", help="Drop frames whose pixel std is below this (0 keeps all)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Encoding processes (default: all cores)"),
+    part: Optional[str] = typer.Option(None, "--part", help="I/N: encode only part I of N (SLURM arrays); then run --merge"),
+    merge: bool = typer.Option(False, "--merge", help="Write shards + manifest from the encoded parts"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different dataset already in DST"),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep DST/.work (encoded chunks) after packing"),
+) -> None:
+    """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
+    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
+
+    width, height = parse_size(size)
+    options = PackOptions(
+        width, height, channels, mode, image_format, quality, every, blank_threshold, seed,
+        parse_val(val), samples_per_shard, parse_bytes(shard_size),
+    )  # fmt: skip
+    pack_dataset(
+        src, dst, options, workers=workers, part=parse_part(part) if part else None,
+        merge=merge, overwrite=overwrite, keep_work=keep_work,
+    )  # fmt: skip
+
+
+@app.command("inspect")
+def inspect_cmd(
+    dst: Path = typer.Argument(..., help="A packed dataset folder (or its manifest.json)"),
+    verify: bool = typer.Option(False, "--verify", help="Re-check every shard's sha256 and decode every sample"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet of random train samples here"),
+    grid_count: int = typer.Option(64, "--grid-count", help="Samples on the contact sheet"),
+    seed: int = typer.Option(0, "--seed", help="Which random samples go on the contact sheet"),
+) -> None:
+    """Summarise a packed dataset; --verify checks every byte, --grid shows samples."""
+    from .manifest import inspect_dataset
+
+    inspect_dataset(dst, verify=verify, grid=grid, grid_count=grid_count, seed=seed)
+
+
+@app.command("train")
+def train_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: random 4-char ID)"),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Resume despite a batch/world/image size change"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit"),
+) -> None:
+    """Train a DCGAN (one process; for DDP use `torchrun -m shardgan.train` with the same arguments)."""
+    from .train import launch
+
+    launch(config, overrides or [], run_name=run_name, allow_config_change=allow_config_change, dry_run=dry_run)
+
+
+@app.command("generate")
+def generate_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/GC7M"),
+    num_images: int = typer.Option(64, "--num", "-n", help="Number of images"),
+    seed: int = typer.Option(0, "--seed", help="Latent seed: same seed, same images"),
+    grid: bool = typer.Option(True, "--grid/--separate", help="One grid PNG or one PNG per image"),
+    interpolate: int = typer.Option(0, "--interpolate", help="Write an N-image latent walk strip instead"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/generated)"),
+) -> None:
+    """Write images from a run's EMA generator."""
+    from .generate import generate
+
+    for path in generate(run_dir, num_images=num_images, seed=seed, grid=grid, interpolate=interpolate, checkpoint=checkpoint, out=out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/demo"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
+    best: bool = typer.Option(False, "--best", help="Score the run's best-SWD checkpoint instead of the newest"),
+    num_images: Optional[int] = typer.Option(None, "--num-images", "-n", help="Real and generated images compared (default: eval.num_images)"),
+    fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torchvision inception_v3 state_dict file: adds FID and KID"),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),
+) -> None:
+    """Score a checkpoint's generator against the val split: SWD (and FID/KID with --fid-weights); appends to RUN_DIR/eval.jsonl."""
+    import json
+
+    from .quality import evaluate_run
+
+    overrides = [f"eval.num_images={num_images}"] if num_images else []
+    overrides += [f"eval.fid_weights={fid_weights}"] if fid_weights else []
+    overrides += [f"data.shards={shards}"] if shards else []
+    typer.echo(json.dumps(evaluate_run(run_dir, checkpoint, overrides, best=best)))
+
+
 # -- commands are added above this line, one function each, calling into the library --
 
 

@@ -22,7 +22,10 @@ from .errors import ConfigError
 @dataclass
 class DataConfig:
     shards: str = "data/demo_shards"
-    """Directory with manifest.json (or a file path to one)."""
+    """Directory with manifest.json (or a file path to one), or shard URLs webdataset opens:
+    a brace pattern of paths, `pipe:` commands or http/s3 URLs ("::" separates patterns)."""
+    manifest: str = ""
+    """manifest.json for URL shards (empty: the one beside local shard paths)."""
     split: str = "train"
     batch_size: int = 128
     """Per-rank batch size; the global batch is batch_size * world_size."""
@@ -93,7 +96,9 @@ class TrainConfig:
     precision: str = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16."""
     channels_last: bool = True
+    """channels_last memory format on CUDA (ignored on CPU, where it only slows the convolutions)."""
     compile: bool = False
+    """torch.compile G and D (worth it on GPUs; the first steps then take a minute longer)."""
     ema_decay: float = 0.999
     """EMA of G's weights used for samples; 0 disables."""
     log_every_steps: int = 10
@@ -112,6 +117,8 @@ class CheckpointConfig:
     """0 disables step-based checkpoints."""
     every_minutes: float = 10.0
     """0 disables time-based checkpoints."""
+    at_epoch_end: bool = True
+    """Also checkpoint when an epoch ends (the seed saved weights once per epoch)."""
     keep_last: int = 3
     resume: str = "auto"
     """auto: newest valid checkpoint in the run dir if any; never; or a checkpoint path."""

@@ -24,6 +24,9 @@ class CorruptSampleError(DataError):
         super().__init__(f"corrupt sample {key!r} in {shard}: {reason}")
         self.shard, self.key, self.reason = shard, key, reason
 
+    def __reduce__(self):  # rebuilt from its fields, so it survives pickling out of a DataLoader worker
+        return (type(self), (self.shard, self.key, self.reason))
+
 
 class CheckpointError(ShardganError):
     """No usable checkpoint, or a resume that would change what exactness depends on."""

@@ -20,3 +20,31 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     save_image(make_grid(images.clamp(0, 1), nrow=nrow, padding=2), tmp)
     tmp.replace(path)
     return path
+
+
+def save_loss_curve(records: list[dict], path: str | Path) -> Path:
+    """Plot loss_d and loss_g against step from metrics.jsonl records (the seed's collapse shows here)."""
+    return save_curve(records, ("loss_d", "loss_g"), path, "loss")
+
+
+def save_curve(records: list[dict], keys: tuple[str, ...], path: str | Path, ylabel: str) -> Path:
+    """Plot each key against step, from the records that have it (metrics.jsonl mixes loss and SWD lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -14,6 +14,7 @@ from shardgan.shards import Sample, encode_image, sample_key, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+pytest_plugins = ["tests.trainer_runs"]  # trainer session fixtures, computed once for all test files
 
 
 def game_frame(index: int, width: int = 160, height: int = 120) -> np.ndarray:

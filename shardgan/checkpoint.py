@@ -1,0 +1,145 @@
+"""Checkpoints: the whole training state under named keys, complete or absent, loaded safely.
+
+A checkpoint is `step_XXXXXXXX.pt` (torch.save of tensors and plain containers, so
+`torch.load(weights_only=True)` can read it and refuses anything that would run code) plus
+`step_XXXXXXXX.json` (size + sha256), written after the .pt. Like torchtitan's metadata
+file, the .json is what makes a checkpoint count: a kill during the write leaves a .pt
+without one, or a temp file, and neither is ever loaded. On load, a newest checkpoint that
+fails its checksum or the safe unpickler is reported by name and the previous one is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .atomic import remove_stale_temps, write_bytes_atomic
+from .errors import CheckpointError
+
+log = logging.getLogger("shardgan")
+
+FORMAT = "shardgan-checkpoint"
+VERSION = 1
+
+# Named keys of the state dict (torchtitan-style constants, so readers and writers agree).
+G, D, EMA = "G", "D", "EMA"
+OPT_G, OPT_D, SCALER = "opt_G", "opt_D", "scaler"
+STEP, EPOCH, WORLD_SIZE = "step", "epoch", "world_size"
+LOADER, RNG, CONFIG, FIXED_NOISE = "loader", "rng", "config", "fixed_noise"
+REQUIRED = (G, D, OPT_G, OPT_D, STEP, EPOCH, WORLD_SIZE, LOADER, RNG, CONFIG, FIXED_NOISE)
+
+PREFIX = "step_"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}.pt"
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem[len(PREFIX) :])
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files (with or without metadata), newest first."""
+    paths = [p for p in directory.glob(f"{PREFIX}*.pt") if p.stem[len(PREFIX) :].isdigit()]
+    return sorted(paths, key=_step_of, reverse=True)
+
+
+def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> Path:
+    """Write the checkpoint for `step` (tmp + fsync + rename, then its metadata), keep the newest
+    `keep_last`. On an OSError (disk full, read-only) nothing new counts and older ones stay."""
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(directory)
+    path = directory / checkpoint_name(step)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    data = buffer.getvalue()
+    meta = {"format": FORMAT, "version": VERSION, "step": step, "num_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(_meta_path(path), json.dumps(meta).encode())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        previous = next((p.name for p in list_checkpoints(directory) if p != path), "none")
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (previous checkpoint kept: {previous})") from e
+    for old in list_checkpoints(directory)[keep_last:]:
+        _meta_path(old).unlink(missing_ok=True)  # metadata first: a half-deleted checkpoint never counts
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Load one checkpoint after checking its metadata, size and sha256; CheckpointError says why not."""
+    meta_path = _meta_path(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: incomplete (missing {Path(e.filename).name})") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable metadata or data: {e}") from None
+    if len(data) != meta.get("num_bytes") or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"{path}: corrupt (size or sha256 differs from {meta_path.name})")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "refuse this file"
+        raise CheckpointError(f"{path}: refused by the safe loader: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: not a {FORMAT} v{VERSION} file")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing keys {missing}")
+    return state
+
+
+def load_newest(directory: Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint that loads, warning by name about each newer one that does not.
+
+    None when the directory holds no checkpoint at all; CheckpointError when it holds only bad ones
+    (starting over would silently throw the run away)."""
+    paths = list_checkpoints(directory) if directory.is_dir() else []
+    reasons = []
+    for path in paths:
+        try:
+            return load_file(path), path
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s; trying the previous one", path, e)
+            reasons.append(str(e))
+    if paths:
+        raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(reasons))
+    return None
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's global RNG states (torch, CUDA, numpy, random) as weights_only-safe values."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,117 @@
+"""Process group set-up from torchrun's environment, with single-process defaults, and agreement.
+
+Every cross-rank decision (stop now, loss finite, checkpoint written) is one small all-reduce
+so that all ranks take the same branch at the same step; a rank that decided alone would leave
+the others waiting in a collective forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    """`auto` -> this rank's GPU if CUDA is available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init(device_name: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); none without torchrun."""
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if "RANK" in os.environ and not dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # torchrun keeps one store across --max-restarts; without a per-attempt prefix the new
+        # workers read the dead workers' addresses and fail to connect (pytorch issue #167288).
+        store, _, _ = next(dist.rendezvous("env://"))
+        store = dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def backend() -> str:
+    """The process group's backend (nccl, gloo), or `none` for a plain single process."""
+    return str(dist.get_backend()) if dist.is_initialized() else "none"
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch_id() -> str | None:
+    """torchrun's rendezvous id: the same for every rank and across --max-restarts restarts."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    return run_id if run_id and run_id != "none" else None
+
+
+def restart_count() -> int:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def run_id(length: int = 4) -> str:
+    """A run ID like the seed's (4 characters): derived from torchrun's id so restarts find the
+    same run directory, random when launched alone."""
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    source = launch_id()
+    raw = hashlib.sha256(source.encode()).digest() if source else secrets.token_bytes(length)
+    return "".join(alphabet[b % len(alphabet)] for b in raw[:length])
+
+
+def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of `flags` over all ranks (MAX all-reduce); local when alone."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(flags)
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def agree_all(flag: bool, device: torch.device) -> bool:
+    """True only if `flag` holds on every rank (MIN all-reduce)."""
+    return not agree_any([not flag], device)[0]
+
+
+def gather_to_main(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (all ranks receive it; rank 0 uses it)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

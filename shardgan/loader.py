@@ -1,0 +1,456 @@
+"""The streaming loader: equal batches per rank, exact resume, corrupt samples skipped in step.
+
+Every DataLoader worker follows `plan.RankPlan`: it computes the epoch's global order,
+takes its batches (w, w+K, ... counted from the resume point), reads exactly those
+samples (one pread each, from the manifest's offsets; skipped samples are never read)
+and yields whole uint8 batches. The main process only counts batches handed out, so
+the position is one number, `samples_seen`, checkpointed in `state_dict()`.
+
+Shards given as URLs webdataset opens (`pipe:`, http) have no random access: each
+worker streams the shards it needs with webdataset's tar iterators and keeps only
+its own samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .config import DataConfig
+from .errors import CorruptSampleError, DataError
+from .manifest import Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest
+from .plan import RankPlan, epoch_order
+from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_sample
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
+
+
+@dataclass(frozen=True)
+class CorruptReport:
+    """A sample that was skipped: where it lives and why."""
+
+    shard: str
+    key: str
+    reason: str
+
+
+# -- where the shards are ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """The split's shards: a manifest restricted to them, and URLs when they must be streamed."""
+
+    manifest: Manifest
+    split: str
+    urls: tuple[str, ...] | None
+    """None: local files, read by pread at the manifest's offsets."""
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        return self.manifest.split(self.split).shards
+
+    @property
+    def num_samples(self) -> int:
+        return self.manifest.split(self.split).num_samples
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when the shard list or any shard's content changes."""
+        items = [(s.name, s.num_samples, s.sha256) for s in self.shards]
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def is_url_pattern(shards: str) -> bool:
+    return shards.startswith(URL_SCHEMES) or "{" in shards or "::" in shards or shards.endswith(".tar")
+
+
+def url_shard_name(url: str) -> str:
+    """The shard file name a URL points at: `pipe:cat /d/train-000001.tar` -> train-000001.tar."""
+    if url.startswith("pipe:"):
+        return Path(url.split()[-1]).name
+    return Path(urlparse(url).path).name
+
+
+def resolve_source(cfg: DataConfig, split: str) -> ShardSource:
+    """Load the manifest and check (stat only) that local shards are all there, at start-up."""
+    if not is_url_pattern(cfg.shards):
+        manifest = load_manifest(cfg.manifest or cfg.shards)
+        manifest.split(split)
+        check_shards_present(manifest, split)
+        return ShardSource(manifest, split, None)
+    urls = wds.shardlists.expand_urls(cfg.shards)
+    local = all(not u.startswith(URL_SCHEMES) for u in urls)
+    if not cfg.manifest and not local:
+        raise DataError(f"data.shards {cfg.shards!r} are URLs: set data.manifest to their manifest.json")
+    manifest = load_manifest(cfg.manifest or Path(urls[0]).parent)
+    selected = _select_shards(manifest, split, [url_shard_name(u) for u in urls])
+    manifest = replace(manifest, splits={split: SplitInfo(selected)})
+    if local:
+        if len({Path(u).parent for u in urls}) != 1:
+            raise DataError(f"data.shards {cfg.shards!r}: local shards must share one directory")
+        manifest = replace(manifest, root=Path(urls[0]).parent)
+        check_shards_present(manifest, split)
+        return ShardSource(manifest, split, None)
+    return ShardSource(manifest, split, tuple(urls))
+
+
+def _select_shards(manifest: Manifest, split: str, names: list[str]) -> list[ShardInfo]:
+    by_name = {s.name: s for s in manifest.split(split).shards}
+    for name in names:
+        if name not in by_name:
+            raise DataError(f"shard {name} is not in split {split!r} of {manifest.root / 'manifest.json'}")
+    if len(set(names)) != len(names):
+        raise DataError(f"data.shards names a shard twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
+    return [by_name[n] for n in names]
+
+
+# -- reading one sample -----------------------------------------------------------------
+
+
+class LocalReader:
+    """Random access to local shards: one pread per sample; files stay open for the worker's life."""
+
+    def __init__(self, source: ShardSource):
+        self.source = source
+        self._files: dict[int, BinaryIO] = {}
+
+    def _file(self, shard: int) -> BinaryIO:
+        if shard not in self._files:
+            path = self.source.manifest.shard_path(self.source.shards[shard])
+            try:
+                self._files[shard] = open(path, "rb", buffering=0)
+            except FileNotFoundError:
+                raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        return self._files[shard]
+
+    def read(self, shard: int, index: int) -> dict[str, bytes]:
+        info = self.source.shards[shard]
+        f = self._file(shard)
+        start, end = info.offsets[index], info.offsets[index + 1]
+        try:
+            return read_sample(f, start, end)
+        except ValueError as e:
+            raise CorruptSampleError(info.name, _key_at(f, start, index), str(e)) from None
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _key_at(f: BinaryIO, start: int, index: int) -> str:
+    """The key in the tar header at `start`, or `#index` when the header itself is unreadable."""
+    f.seek(start)
+    try:
+        return parse_header(f.read(TAR_BLOCK))[0].split(".", 1)[0]
+    except ValueError:
+        return f"#{index}"
+
+
+class StreamReader:
+    """Sequential access to URL shards: stream each needed shard once, keep only the needed samples."""
+
+    def __init__(self, source: ShardSource, needed: np.ndarray):
+        """`needed`: (n, 2) [shard, index] rows this worker will ask for."""
+        assert source.urls is not None
+        self.source = source
+        self._needed: dict[int, set[int]] = {}
+        for shard, index in needed.tolist():
+            self._needed.setdefault(shard, set()).add(index)
+        self._cache: dict[tuple[int, int], dict[str, Any]] = {}
+        self._errors: dict[int, str] = {}
+
+    def _stream(self, shard: int) -> None:
+        url = self.source.urls[shard]
+        want = self._needed.pop(shard, set())
+        count = 0
+        try:
+            for count, sample in enumerate(wds.tariterators.tarfile_samples([{"url": url}]), start=1):
+                if count - 1 in want:
+                    self._cache[(shard, count - 1)] = sample
+        except (OSError, ValueError, tarfile.TarError) as e:
+            self._errors[shard] = f"stream of {url} failed after {count} samples: {e}".splitlines()[0]
+            return
+        expected = self.source.shards[shard].num_samples
+        if count != expected:  # tar streams end quietly at a truncated header
+            self._errors[shard] = f"stream of {url} ended after {count} of {expected} samples"
+
+    def read(self, shard: int, index: int) -> dict[str, Any]:
+        if shard in self._needed:
+            self._stream(shard)
+        sample = self._cache.pop((shard, index), None)
+        if sample is None:
+            reason = self._errors.get(shard, "sample missing from the stream")
+            raise CorruptSampleError(self.source.shards[shard].name, f"#{index}", reason)
+        return sample
+
+    def close(self) -> None:
+        self._cache.clear()
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+def decode_into(out: np.ndarray, data: bytes, manifest: Manifest) -> None:
+    """Decode one stored image into `out` (H, W, C) uint8; ValueError if it is not that image.
+
+    raw is a view of the .npy payload (no decode); PNG/JPEG/WebP go through Pillow.
+    torchvision.io.decode_png is ~25% faster at 88x66 but deprecated in 0.29 and it
+    segfaults on corrupt PNG data ("bad adaptive filter value"), which must be skippable.
+    """
+    np.copyto(out, decode_image(data, manifest.image_format, *out.shape))
+
+
+# -- the per-worker iterable --------------------------------------------------------------
+
+
+class PlanDataset(IterableDataset):
+    """Yields this rank's batches from (epoch, samples_seen) on, split among DataLoader workers.
+
+    Items are {"image": uint8 (B, C, H, W) channels_last, "key": [str], "corrupt": [CorruptReport]} or
+    {"error": ShardganError} (raised by the main process, so the user sees one line).
+    """
+
+    def __init__(self, source: ShardSource, cfg: DataConfig, rank: int, world_size: int):
+        super().__init__()
+        self.source = source
+        self.seed = cfg.seed
+        self.batch_size = cfg.batch_size
+        self.on_corrupt = cfg.on_corrupt
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.samples_seen = 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def plan(self) -> RankPlan:
+        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's global order, cached (every batch of a worker indexes into it)."""
+        if self._order is None or self._order[0] != epoch:
+            sizes = [s.num_samples for s in self.source.shards]
+            self._order = (epoch, epoch_order(sizes, self.seed, epoch))
+        return self._order[1]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self.plan()
+        order = self.order(plan.epoch)
+        batches = [order[plan.batch_slice(b)] for b in plan.worker_batches(worker, num_workers)]
+        if self.source.urls is None:
+            reader: LocalReader | StreamReader = LocalReader(self.source)
+        else:
+            reader = StreamReader(self.source, np.concatenate(batches) if batches else np.empty((0, 2), np.int64))
+        try:
+            for positions in batches:
+                try:
+                    batch = self.read_batch(reader, positions, shared=info is not None)
+                except DataError as e:
+                    yield {"error": e}
+                    return
+                yield batch
+        finally:
+            reader.close()
+
+    def read_batch(self, reader: LocalReader | StreamReader, positions: np.ndarray, shared: bool) -> dict[str, Any]:
+        """Read + decode the samples at `positions` ((B, 2) [shard, index]) into one batch.
+
+        A corrupt sample is replaced by a good one of the same batch (on_corrupt=skip), so the
+        batch shape and every rank's batch count stay the same.
+        """
+        manifest = self.source.manifest
+        images = torch.empty((len(positions), manifest.height, manifest.width, manifest.channels), dtype=torch.uint8)
+        if shared:
+            images.share_memory_()  # workers hand the batch over without another copy
+        pixels = images.numpy()  # (B, H, W, C): samples decode into it with a plain copy
+        keys: list[str] = [""] * len(positions)
+        corrupt: list[CorruptReport] = []
+        bad: list[int] = []
+        for j, (shard, index) in enumerate(positions.tolist()):
+            try:
+                keys[j] = self._read_one(reader, pixels[j], shard, index)
+            except CorruptSampleError as e:
+                if self.on_corrupt == "fail":
+                    raise
+                corrupt.append(CorruptReport(e.shard, e.key, e.reason))
+                bad.append(j)
+        _fill_from_good(pixels, keys, bad, corrupt)
+        # (B, C, H, W) view in channels_last memory format, what the trainer converts to anyway.
+        return {"image": images.permute(0, 3, 1, 2), "key": keys, "corrupt": corrupt}
+
+    def _read_one(self, reader: LocalReader | StreamReader, out: np.ndarray, shard: int, index: int) -> str:
+        sample = reader.read(shard, index)
+        key = sample["__key__"]
+        ext = EXTENSIONS[self.source.manifest.image_format]
+        try:
+            if ext not in sample:
+                raise ValueError(f"no .{ext} member")
+            decode_into(out, sample[ext], self.source.manifest)
+        except ValueError as e:
+            raise CorruptSampleError(self.source.shards[shard].name, key, str(e)) from None
+        return key
+
+
+def _fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt: list[CorruptReport]) -> None:
+    """Overwrite the bad slots with the batch's good samples in turn; all bad -> DataError."""
+    if not bad:
+        return
+    good = sorted(set(range(len(keys))) - set(bad))
+    if not good:
+        shards = sorted({r.shard for r in corrupt})
+        raise DataError(f"every sample of a batch is corrupt (shards {', '.join(shards)}; first: {corrupt[0].key}: {corrupt[0].reason})")
+    for n, j in enumerate(bad):
+        src = good[n % len(good)]
+        images[j] = images[src]
+        keys[j] = keys[src]
+
+
+# -- the loader the trainer uses ----------------------------------------------------------
+
+
+def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit values win; else torch.distributed's when initialized; else a single process."""
+    dist = torch.distributed
+    initialized = dist.is_available() and dist.is_initialized()
+    if world_size is None:
+        world_size = dist.get_world_size() if initialized else 1
+    if rank is None:
+        rank = dist.get_rank() if initialized else 0
+    return rank, world_size
+
+
+class ShardLoader:
+    """Batches of this rank for the rest of the current epoch, with exact save/restore.
+
+    The position is (epoch, samples_seen): global samples handed out in this epoch. The order
+    of an epoch depends on neither world size nor workers, so a restore may change the worker
+    count (exact) or the world size / batch size (elastic: continues at samples_seen, nothing
+    repeated or skipped; only the end-of-epoch remainder may differ).
+    """
+
+    def __init__(self, cfg: DataConfig, *, rank: int | None = None, world_size: int | None = None, split: str | None = None):
+        self.cfg = cfg
+        self.rank, self.world_size = default_rank_world(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise DataError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.source = resolve_source(cfg, split or cfg.split)
+        self.manifest = self.source.manifest
+        self.epoch = 0
+        self.samples_seen = 0
+        self.corrupt: list[CorruptReport] = []
+        """Every sample skipped so far (on_corrupt=skip), in the order the batches came out."""
+        self._dataset = PlanDataset(self.source, cfg, self.rank, self.world_size)
+        if self.batches_per_epoch == 0:
+            raise DataError(
+                f"global batch {cfg.batch_size * self.world_size} (batch_size {cfg.batch_size} x {self.world_size} ranks) "
+                f"is larger than split {self.source.split!r} ({self.source.num_samples} samples)"
+            )
+        self._dataloader = self._build_dataloader()
+
+    def _build_dataloader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            self._dataset,
+            batch_size=None,  # workers yield whole batches
+            num_workers=workers,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
+            persistent_workers=False,  # fresh workers per iterator pick up a restored position
+        )
+
+    def _plan(self) -> RankPlan:
+        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.cfg.batch_size)
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.world_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self._plan().batches_per_epoch
+
+    def __len__(self) -> int:
+        return self._plan().num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The rest of the current epoch; afterwards epoch += 1 and samples_seen = 0."""
+        self._dataset.epoch, self._dataset.samples_seen = self.epoch, self.samples_seen
+        self._dataset.order(self.epoch)  # computed once here; forked workers inherit it
+        for item in self._dataloader:
+            if "error" in item:
+                raise item["error"]
+            self._note_corrupt(item.pop("corrupt"))
+            self.samples_seen += self.global_batch
+            yield item
+        self.epoch += 1
+        self.samples_seen = 0
+
+    def _note_corrupt(self, reports: list[CorruptReport]) -> None:
+        for r in reports:
+            log.warning("skipped corrupt sample %s in %s: %s", r.key, r.shard, r.reason)
+        self.corrupt.extend(reports)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position; taken after an epoch's last batch it already points at the next epoch."""
+        epoch, samples_seen = (self.epoch, self.samples_seen) if len(self) > 0 else (self.epoch + 1, 0)
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "samples_seen": samples_seen,
+            "seed": self.cfg.seed,
+            "num_samples": self.source.num_samples,
+            "fingerprint": self.source.fingerprint,
+            "world_size": self.world_size,
+            "batch_size": self.cfg.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position, checked field by field; call before iterating."""
+        _check_state(state, self.state_dict())
+        self.epoch, self.samples_seen = state["epoch"], state["samples_seen"]
+        if (state["world_size"], state["batch_size"]) != (self.world_size, self.cfg.batch_size):
+            log.warning(
+                "loader resumes elastically at sample %d of epoch %d: world size %d -> %d, batch size %d -> %d",
+                self.samples_seen, self.epoch, state["world_size"], self.world_size, state["batch_size"], self.cfg.batch_size,
+            )
+        if len(self) == 0:  # less than one global batch left: that is the epoch's remainder
+            self.epoch, self.samples_seen = self.epoch + 1, 0
+
+
+def _check_state(state: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a state that cannot continue this dataset, saying which field differs."""
+    if not isinstance(state, dict):
+        raise DataError(f"loader state is a {type(state).__name__}, expected a dict")
+    for name in current:
+        if name not in state:
+            raise DataError(f"loader state has no {name!r} field")
+        if type(state[name]) is not type(current[name]):
+            raise DataError(f"loader state field {name!r} is {state[name]!r}, expected a {type(current[name]).__name__}")
+    if state["version"] != STATE_VERSION:
+        raise DataError(f"loader state version {state['version']} is not supported (this shardgan writes {STATE_VERSION})")
+    if state["seed"] != current["seed"]:
+        raise DataError(f"data.seed changed: checkpoint has {state['seed']}, config has {current['seed']}")
+    if state["num_samples"] != current["num_samples"]:
+        raise DataError(f"dataset changed: checkpoint has {state['num_samples']} samples, the shards now hold {current['num_samples']}")
+    if state["fingerprint"] != current["fingerprint"]:
+        raise DataError("dataset changed: the shard list or shard contents differ from the checkpoint's (re-packed?)")
+    if state["epoch"] < 0 or not 0 <= state["samples_seen"] <= current["num_samples"]:
+        raise DataError(f"loader state out of range: epoch {state['epoch']}, samples_seen {state['samples_seen']}")
+

@@ -1,0 +1,178 @@
+"""DCGAN generator and discriminator for any W x H and channel count, plus an EMA helper.
+
+Layer plan per spatial dimension, from the image size S back to a small start size:
+S even -> S/2 with kernel 4 (2x up/down), S odd -> (S-1)/2 with kernel 5 (2x+1), until the
+smaller dimension would drop below 3. G starts with a ConvT of kernel (h0, w0) from 1x1 and
+goes up with stride 2, padding 1; D mirrors G with stride-2 convs and ends with a conv of
+kernel (h0, w0) to one logit. 64x64 gives the classic DCGAN (start 4x4, all kernels 4).
+The seed's 88x66 layout used other D kernels; `SEED_LAYOUTS` keeps it so its parameter
+counts (GC7M: G 4,338,560, D 3,783,424) are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+Kernel = tuple[int, int]
+
+MAX_CHANNEL_MULT = 8
+"""Feature maps double per layer up to 8 x ngf/ndf (the classic DCGAN's widest layer)."""
+MIN_START = 3
+MAX_ASPECT = 4
+"""A start block more than 4x wider than tall (or taller than wide) is refused: not a DCGAN image."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Kernels of G's layers (first: 1x1 -> start size) and D's layers (last: start size -> 1x1)."""
+
+    g_kernels: tuple[Kernel, ...]
+    d_kernels: tuple[Kernel, ...]
+
+
+SEED_LAYOUTS: dict[tuple[int, int], Layout] = {
+    # (width, height): the seed's 88x66 models, kernels as (kH, kW).
+    (88, 66): Layout(
+        g_kernels=((4, 5), (4, 5), (4, 4), (5, 4), (4, 4)),
+        d_kernels=((4, 4), (3, 4), (3, 4), (5, 5), (4, 5)),
+    ),
+}
+
+
+def _halvings(size: int, count: int) -> tuple[int, list[int]]:
+    """Start size after `count` halvings of `size`, and the up-sampling kernels back to `size`."""
+    kernels = []
+    for _ in range(count):
+        kernels.append(4 if size % 2 == 0 else 5)
+        size //= 2
+    return size, kernels[::-1]
+
+
+def plan_layout(width: int, height: int) -> Layout:
+    """The seed's layout where it has one, else the mirrored halving plan described above."""
+    if (width, height) in SEED_LAYOUTS:
+        return SEED_LAYOUTS[(width, height)]
+    count = 0
+    while min(width, height) >> (count + 1) >= MIN_START:
+        count += 1
+    if count == 0:
+        raise ConfigError(f"model size {width}x{height}: too small for a DCGAN (each side must be >= 6)")
+    h0, kh = _halvings(height, count)
+    w0, kw = _halvings(width, count)
+    if max(h0, w0) > MAX_ASPECT * min(h0, w0):
+        raise ConfigError(
+            f"model size {width}x{height}: aspect ratio above {MAX_ASPECT}:1 after {count} halvings "
+            f"(start block {w0}x{h0}); crop or resize the frames"
+        )
+    ups = tuple(zip(kh, kw))
+    return Layout(g_kernels=((h0, w0), *ups), d_kernels=(*ups[::-1], (h0, w0)))
+
+
+def _mults(count: int) -> list[int]:
+    """Channel multipliers of D's layers 0..count-1 (1, 2, 4, 8, 8, ...); G uses them reversed."""
+    return [min(MAX_CHANNEL_MULT, 2**i) for i in range(count)]
+
+
+class Generator(nn.Module):
+    """z (B, nz, 1, 1) -> image (B, C, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: ModelConfig, layout: Layout):
+        super().__init__()
+        widths = [cfg.ngf * m for m in reversed(_mults(len(layout.g_kernels) - 1))]
+        layers: list[nn.Module] = []
+        in_ch = cfg.nz
+        for i, (kernel, out_ch) in enumerate(zip(layout.g_kernels, widths)):
+            stride, pad = (1, 0) if i == 0 else (2, 1)  # first: 1x1 -> start block; then 2x up
+            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, pad, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(True)]
+            in_ch = out_ch
+        layers += [nn.ConvTranspose2d(in_ch, cfg.channels, layout.g_kernels[-1], 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z)
+
+
+class Discriminator(nn.Module):
+    """image (B, C, H, W) -> one logit per image (B,); the seed's Sigmoid lives in the BCE loss."""
+
+    def __init__(self, cfg: ModelConfig, layout: Layout):
+        super().__init__()
+        widths = [cfg.ndf * m for m in _mults(len(layout.d_kernels) - 1)]
+        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = []
+        in_ch = cfg.channels
+        for i, (kernel, out_ch) in enumerate(zip(layout.d_kernels, widths)):
+            layers.append(sn(nn.Conv2d(in_ch, out_ch, kernel, 2, 1, bias=False)))
+            if i > 0 and not cfg.spectral_norm:  # no BN on the first layer, none at all with SN
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = out_ch
+        layers.append(sn(nn.Conv2d(in_ch, 1, layout.d_kernels[-1], 1, 0, bias=False)))  # start block -> 1x1
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x).flatten()
+
+
+def init_weights(module: nn.Module, generator: torch.Generator) -> None:
+    """DCGAN init (conv N(0, 0.02), BN N(1, 0.02) and 0), drawn from an explicit generator."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02, generator=generator)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: ModelConfig, seed: int) -> tuple[Generator, Discriminator]:
+    """Build G and D with weights drawn from `seed`; check G(z) is (C, H, W) and D(x) one logit."""
+    layout = plan_layout(cfg.width, cfg.height)
+    with torch.random.fork_rng(devices=[]):  # spectral norm draws its u vector from the global RNG
+        torch.manual_seed(seed)
+        gen, disc = Generator(cfg, layout), Discriminator(cfg, layout)
+    rng = torch.Generator().manual_seed(seed)
+    init_weights(gen, rng)
+    init_weights(disc, rng)
+    _check_shapes(gen, disc, cfg)
+    return gen, disc
+
+
+@torch.no_grad()
+def _check_shapes(gen: Generator, disc: Discriminator, cfg: ModelConfig) -> None:
+    """Run both nets in eval mode (no BN/SN state changes) on a dummy batch of 2."""
+    gen.eval(), disc.eval()
+    image = gen(torch.zeros(2, cfg.nz, 1, 1))
+    expected = (2, cfg.channels, cfg.height, cfg.width)
+    if tuple(image.shape) != expected:
+        raise ConfigError(f"model size {cfg.width}x{cfg.height}: G builds {tuple(image.shape[1:])}, expected {expected[1:]}")
+    logits = disc(image)
+    if tuple(logits.shape) != (2,):
+        raise ConfigError(f"model size {cfg.width}x{cfg.height}: D gives {tuple(logits.shape)} per batch of 2, expected one logit each")
+    gen.train(), disc.train()
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class EMA:
+    """Exponential moving average of a model's weights (buffers copied), used for samples."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        params = list(self.model.parameters())
+        torch._foreach_lerp_(params, list(model.parameters()), 1.0 - self.decay)
+        for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
+            ema_buf.copy_(buf)

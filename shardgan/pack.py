@@ -1,0 +1,643 @@
+"""`shardgan pack`: frames under SRC -> shuffled WebDataset shards + manifest in DST.
+
+Two stages, so that parts, resume and determinism all fall out of one design:
+
+1. encode (parallel, the expensive part): the sorted input list is cut into fixed
+   chunks; a worker decodes, resizes, filters and encodes one chunk and writes the
+   results to `DST/.work/chunk-NNNNNN.bin` atomically. A chunk file that exists is
+   complete, so a rerun skips it (resume), and `--part i/N` encodes chunks i, i+N, ...
+2. write (cheap, no decoding): read every chunk's records, drop blanks and exact
+   duplicates, shuffle globally with the seed, cut into shards, write them atomically,
+   then the manifest last.
+
+Output bytes depend only on the inputs and the pack options, never on the number
+of workers, parts, or how often the pack was interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import struct
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, astuple, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import atomic_write, remove_stale_temps, write_bytes_atomic
+from .errors import ConfigError, DataError
+from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
+from .shards import IMAGE_FORMATS, TAR_BLOCK, Sample, encode_image, sample_key, write_shard
+
+WORK_DIR = ".work"
+PLAN_NAME = "plan.json"
+PLAN_VERSION = 1
+MAX_CHUNK_INPUTS = 256
+MIN_CHUNK_INPUTS = 8
+TARGET_CHUNKS = 256
+"""Chunks are small enough that a collection gives ~256 of them (load balance, resume
+granularity) and never more than 256 inputs each; the layout depends on the input count only."""
+SPLITS = ("train", "val")
+_SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    """Everything that decides the packed bytes (and nothing that doesn't, like --workers)."""
+
+    width: int
+    height: int
+    channels: int = 3
+    mode: str = "stretch"
+    image_format: str = "png"
+    quality: int = 95
+    every: int = 1
+    blank_threshold: float = 2.0
+    """Frames whose pixel std (0-255 scale) is below this are blank; 0 keeps them."""
+    seed: int = 0
+    val: float = 0
+    """>= 1: that many validation samples; in (0, 1): that fraction; 0: no val split."""
+    samples_per_shard: int | None = None
+    shard_size_bytes: int = 256 * 10**6
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.width >= 1 and self.height >= 1, f"--size must be positive, got {self.width}x{self.height}"),
+            (self.channels in (1, 3), f"--channels must be 1 or 3, got {self.channels}"),
+            (self.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {self.mode!r}"),
+            (self.image_format in IMAGE_FORMATS, f"--format must be one of {'|'.join(IMAGE_FORMATS)}, got {self.image_format!r}"),
+            (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
+            (self.every >= 1, f"--every must be >= 1, got {self.every}"),
+            (self.blank_threshold >= 0, f"--blank-threshold must be >= 0, got {self.blank_threshold}"),
+            (self.val >= 0 and (self.val < 1 or float(self.val).is_integer()), f"--val must be a count or a fraction in (0, 1), got {self.val}"),
+            (self.samples_per_shard is None or self.samples_per_shard >= 1, f"--samples-per-shard must be >= 1, got {self.samples_per_shard}"),
+            (self.shard_size_bytes >= 1, f"--shard-size must be positive, got {self.shard_size_bytes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def spec(self) -> FrameSpec:
+        return FrameSpec(self.width, self.height, self.channels, self.mode, self.every)
+
+    def encode_args(self) -> dict[str, Any]:
+        """The options a chunk's contents depend on (a new seed or shard size reuses the chunks)."""
+        args = asdict(self)
+        for name in ("seed", "val", "samples_per_shard", "shard_size_bytes"):
+            del args[name]
+        return args
+
+    def num_val(self, num_samples: int) -> int:
+        return int(self.val) if self.val >= 1 else round(self.val * num_samples)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'88x66' -> (88, 66) (width x height)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66; got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def parse_bytes(text: str) -> int:
+    """'256MB', '1GiB', '1000000' -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match[2].lower() if match else ""
+    if not match or unit not in _BYTE_UNITS or float(match[1]) <= 0:
+        raise ConfigError(f"--shard-size must be a size like 256MB, 1GiB or 1000000; got {text!r}")
+    return int(float(match[1]) * _BYTE_UNITS[unit])
+
+
+def parse_val(text: str) -> float:
+    """'500' -> 500 samples, '0.05' -> 5 percent, '0' -> none."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}") from None
+    if value < 0 or (value >= 1 and not value.is_integer()):
+        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}")
+    return value
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'3/8' -> (3, 8): this job encodes chunks 3, 11, 19, ... of 8 parts."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ConfigError(f"--part must be I/N with 0 <= I < N, e.g. 0/4 (like $SLURM_ARRAY_TASK_ID/4); got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+# -- plan: the sorted inputs and how they are chunked, shared by all parts -----------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The inputs (sorted, relative to SRC) and the encode options; identical for every part."""
+
+    inputs: list[tuple[str, int]]
+    """(path, size in bytes) per input file."""
+    scan_skipped: list[tuple[str, str]]
+    encode_args: dict[str, Any]
+
+    @property
+    def chunk_inputs(self) -> int:
+        return min(MAX_CHUNK_INPUTS, max(MIN_CHUNK_INPUTS, math.ceil(len(self.inputs) / TARGET_CHUNKS)))
+
+    def chunks(self) -> list[range]:
+        """Input index ranges; a video gets a chunk of its own (it may hold thousands of frames)."""
+        chunks: list[range] = []
+        start = 0
+        for index, (path, _) in enumerate(self.inputs):
+            if index > start and (is_video(path) or index - start == self.chunk_inputs):
+                chunks.append(range(start, index))
+                start = index
+            if is_video(path):
+                chunks.append(range(index, index + 1))
+                start = index + 1
+        if start < len(self.inputs):
+            chunks.append(range(start, len(self.inputs)))
+        return chunks
+
+    def to_bytes(self) -> bytes:
+        doc = {"version": PLAN_VERSION, "encode": self.encode_args, "inputs": self.inputs, "scan_skipped": self.scan_skipped}
+        return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+def build_plan(src: Path, options: PackOptions) -> Plan:
+    inputs, skipped = scan(src)
+    if not inputs:
+        raise DataError(f"no image or video files under {src} (looked for .png .jpg .jpeg .bmp .webp .mp4 .mkv .avi .webm)")
+    return Plan(inputs, [(s.path, s.reason) for s in skipped], options.encode_args())
+
+
+# -- stage 1: encode chunks ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    inputs: list[tuple[int, str]]
+    """(input index, path relative to src)."""
+    src: str
+    path: str
+    options: PackOptions
+
+
+@dataclass(frozen=True)
+class Record:
+    """One result of stage 1: a stored frame, a blank frame, or a skipped input."""
+
+    input_index: int
+    frame: int | None
+    status: str
+    """ok | blank | skip"""
+    detail: str
+    """ok/blank: hash of the resized pixels; skip: the reason."""
+    offset: int = 0
+    length: int = 0
+
+
+def chunk_path(work: Path, index: int) -> Path:
+    return work / f"chunk-{index:06d}.bin"
+
+
+def encode_chunk(task: ChunkTask) -> int:
+    """Encode one chunk's inputs into its chunk file: payloads, then a JSON footer and its length.
+
+    Returns the number of frames decoded (for the progress rate).
+    """
+    records: list[Record] = []
+    with atomic_write(task.path) as f:
+        for input_index, rel in task.inputs:
+            for item in load_frames(Path(task.src) / rel, task.options.spec):
+                if isinstance(item, str):
+                    records.append(Record(input_index, None, "skip", item))
+                    continue
+                digest = hashlib.blake2b(item.pixels.tobytes(), digest_size=16).hexdigest()
+                if is_blank(item.pixels, task.options.blank_threshold):
+                    records.append(Record(input_index, item.index, "blank", digest))
+                    continue
+                data = encode_image(item.pixels, task.options.image_format, task.options.quality)
+                records.append(Record(input_index, item.index, "ok", digest, f.tell(), len(data)))
+                f.write(data)
+        footer = json.dumps([astuple(r) for r in records], separators=(",", ":")).encode()
+        f.write(footer + struct.pack("<Q", len(footer)))
+    return sum(r.status != "skip" for r in records)
+
+
+def read_chunk_records(path: Path) -> list[Record]:
+    with open(path, "rb") as f:
+        f.seek(-8, os.SEEK_END)
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(-8 - length, os.SEEK_END)
+        return [Record(*row) for row in json.loads(f.read(length))]
+
+
+# -- stage 2: filter, shuffle, cut, write --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where a kept frame's encoded bytes live in the work directory, and its sample identity."""
+
+    chunk: int
+    offset: int
+    length: int
+    key: str
+    meta: dict
+
+    @property
+    def tar_bytes(self) -> int:
+        meta = len(json.dumps(self.meta, sort_keys=True).encode())
+        return 2 * TAR_BLOCK + _padded(meta) + _padded(self.length)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    name: str
+    samples: list[SampleRef]
+    dst: str
+    image_format: str
+    plan_fingerprint: str
+
+    def identity(self) -> str:
+        """Content identity: same plan + same sample list => same bytes, so a shard can be reused."""
+        doc = [self.plan_fingerprint, self.image_format, [(s.key, s.chunk, s.offset) for s in self.samples]]
+        return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _padded(size: int) -> int:
+    return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+@dataclass
+class Selection:
+    """Stage 2's view of all records: what is kept (in input order), dropped, skipped."""
+
+    kept: list[SampleRef] = field(default_factory=list)
+    filtered: dict[str, int] = field(default_factory=lambda: {"blank": 0, "duplicate": 0})
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def select_samples(plan: Plan, work: Path) -> Selection:
+    """Blank frames and exact duplicates (after resizing) are dropped; the first in input order wins."""
+    selection = Selection(skipped=[{"path": p, "reason": r} for p, r in plan.scan_skipped])
+    seen: set[str] = set()
+    for index, _ in enumerate(plan.chunks()):
+        for record in read_chunk_records(chunk_path(work, index)):
+            src = plan.inputs[record.input_index][0]
+            if record.status == "skip":
+                selection.skipped.append({"path": src, "reason": record.detail})
+            elif record.status == "blank":
+                selection.filtered["blank"] += 1
+            elif record.detail in seen:
+                selection.filtered["duplicate"] += 1
+            else:
+                seen.add(record.detail)
+                meta = {"src": src} if record.frame is None else {"src": src, "frame": record.frame}
+                key = sample_key(record.input_index, record.frame)
+                selection.kept.append(SampleRef(index, record.offset, record.length, key, meta))
+    selection.skipped.sort(key=lambda s: (s["path"], s["reason"]))
+    return selection
+
+
+def split_and_cut(kept: list[SampleRef], options: PackOptions) -> dict[str, list[list[SampleRef]]]:
+    """Seeded global shuffle, the first num_val go to val, then each split is cut into shards."""
+    num_val = options.num_val(len(kept))
+    if num_val >= len(kept):
+        raise DataError(f"--val {options.val:g} asks for {num_val} validation samples but only {len(kept)} frames were kept")
+    order = np.random.default_rng(options.seed).permutation(len(kept))
+    shuffled = [kept[i] for i in order]
+    return {"train": _cut(shuffled[num_val:], options), "val": _cut(shuffled[:num_val], options)}
+
+
+def _cut(samples: list[SampleRef], options: PackOptions) -> list[list[SampleRef]]:
+    if options.samples_per_shard:
+        step = options.samples_per_shard
+        return [samples[i : i + step] for i in range(0, len(samples), step)]
+    shards: list[list[SampleRef]] = []
+    current: list[SampleRef] = []
+    current_bytes = 0
+    for sample in samples:
+        if current and current_bytes + sample.tar_bytes > options.shard_size_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(sample)
+        current_bytes += sample.tar_bytes
+    return shards + [current] if current else shards
+
+
+def write_shard_task(task: ShardTask) -> ShardInfo:
+    """Write one shard (or reuse it if a previous run already wrote this exact content)."""
+    dst = Path(task.dst)
+    marker = dst / WORK_DIR / "shards" / f"{task.name}.json"
+    identity = task.identity()
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+        done = json.loads(marker.read_text())
+        info = ShardInfo(**done["shard"])
+        if done["identity"] == identity and (dst / task.name).stat().st_size == info.num_bytes:
+            return info
+    payloads = _read_payloads(dst / WORK_DIR, task.samples)
+    samples = (Sample(s.key, payloads[s.chunk, s.offset], s.meta) for s in task.samples)
+    info = write_shard(dst / task.name, samples, task.image_format)
+    marker.parent.mkdir(exist_ok=True)
+    write_bytes_atomic(marker, json.dumps({"identity": identity, "shard": asdict(info)}).encode())
+    return info
+
+
+def _read_payloads(work: Path, samples: list[SampleRef]) -> dict[tuple[int, int], bytes]:
+    """Read a shard's encoded frames, one open per chunk file and in file order."""
+    by_chunk: dict[int, list[SampleRef]] = defaultdict(list)
+    for sample in samples:
+        by_chunk[sample.chunk].append(sample)
+    payloads = {}
+    for chunk, refs in sorted(by_chunk.items()):
+        with open(chunk_path(work, chunk), "rb") as f:
+            for ref in sorted(refs, key=lambda r: r.offset):
+                f.seek(ref.offset)
+                payloads[chunk, ref.offset] = f.read(ref.length)
+    return payloads
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+@dataclass
+class PackSummary:
+    """What a pack did, for the closing report (and for tests and the benchmark)."""
+
+    inputs: int = 0
+    frames_encoded: int = 0
+    packed: dict[str, int] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    shards: int = 0
+    num_bytes: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+    def add_manifest(self, manifest: Manifest) -> None:
+        self.packed = {name: split.num_samples for name, split in manifest.splits.items()}
+        self.filtered = manifest.filtered
+        self.skipped = Counter(_reason_kind(s["reason"]) for s in manifest.skipped)
+        self.shards = sum(len(split.shards) for split in manifest.splits.values())
+        self.num_bytes = sum(split.num_bytes for split in manifest.splits.values())
+
+    def lines(self) -> list[str]:
+        if self.note:
+            return [self.note]
+        packed = ", ".join(f"{n} {split}" for split, n in self.packed.items() if n) or "nothing"
+        lines = [
+            f"packed {packed} from {self.inputs} inputs in {self.seconds:.1f}s "
+            f"({self.frames_encoded / max(self.seconds, 1e-9):.0f} frames/s encoded)",
+            f"dropped: {self.filtered.get('blank', 0)} blank, {self.filtered.get('duplicate', 0)} duplicate",
+            f"wrote {self.shards} shards, {self.num_bytes / 1e6:.1f} MB",
+        ]
+        if self.skipped:
+            lines.append("skipped: " + ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common()))
+        return lines
+
+
+def pack_dataset(
+    src: str | Path,
+    dst: str | Path,
+    options: PackOptions,
+    *,
+    workers: int | None = None,
+    part: tuple[int, int] | None = None,
+    merge: bool = False,
+    overwrite: bool = False,
+    keep_work: bool = False,
+    log: Callable[[str], None] = print,
+) -> PackSummary:
+    """Pack SRC into DST (both stages), only encode a part (`part`), or only write (`merge`)."""
+    started = time.monotonic()
+    src, dst = Path(src), Path(dst)
+    _check_locations(src, dst, part, merge, overwrite)
+    plan = build_plan(src, options)
+    pack_args = {**asdict(options), "inputs_sha256": plan.fingerprint()}
+    with _write_errors(dst):
+        if overwrite:
+            clear_dataset(dst)
+        elif (done := _finished_pack(dst, pack_args)) is not None:
+            if not keep_work:  # a kill between manifest and clean-up left it
+                shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
+            log(done.note)
+            return done
+        work = _open_work_dir(dst, plan, exclusive=part is None)
+        summary = PackSummary(inputs=len(plan.inputs) + len(plan.scan_skipped))
+        chunks = plan.chunks()
+        mine = range(len(chunks)) if part is None else range(part[0], len(chunks), part[1])
+        with _worker_pool(min(workers or _available_cores(), len(mine) or 1)) as pool:
+            if not merge:
+                summary.frames_encoded = _encode_chunks(src, work, plan, options, [(i, chunks[i]) for i in mine], pool)
+            if part is None:
+                _require_chunks(work, len(chunks))
+                manifest = _write_dataset(dst, plan, options, pack_args, pool)
+        summary.seconds = time.monotonic() - started
+        if part is not None:
+            summary.note = f"part {part[0]}/{part[1]}: {len(mine)} of {len(chunks)} chunks encoded in {summary.seconds:.1f}s; run with --merge once all parts are done"
+            log(summary.note)
+            return summary
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        _remove_stale_shards(dst, manifest)
+    summary.add_manifest(manifest)
+    for line in summary.lines():
+        log(line)
+    return summary
+
+
+@contextlib.contextmanager
+def _write_errors(dst: Path) -> Iterator[None]:
+    """Disk full, read-only or unwritable DST: one line, and what was finished stays for the rerun."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename or dst
+        raise DataError(f"pack stopped writing to {where}: {e.strerror or e}; fix that and rerun the same command (finished work is kept)") from None
+
+
+def _check_locations(src: Path, dst: Path, part: tuple[int, int] | None, merge: bool, overwrite: bool) -> None:
+    if not src.is_dir():
+        raise DataError(f"SRC {src} is not a directory" if src.exists() else f"SRC {src} does not exist")
+    real_src, real_dst = src.resolve(), dst.resolve()
+    if real_dst == real_src or real_src in real_dst.parents:
+        raise ConfigError(f"DST {dst} is inside SRC {src}; put the shards somewhere else")
+    if dst.exists() and not dst.is_dir():
+        raise DataError(f"DST {dst} exists and is not a directory")
+    if part is not None and (merge or overwrite):
+        raise ConfigError("--part cannot be combined with --merge or --overwrite (parts share DST)")
+
+
+def _finished_pack(dst: Path, pack_args: dict[str, Any]) -> PackSummary | None:
+    """A summary if DST already holds this exact pack; an error if it holds a different dataset."""
+    if not (dst / MANIFEST_NAME).exists():
+        return None
+    try:
+        manifest = load_manifest(dst)
+    except DataError as e:
+        raise DataError(f"DST {dst} holds an unreadable dataset ({e}); add --overwrite to replace it") from None
+    if manifest.pack_args != pack_args:
+        changed = sorted(k for k in pack_args.keys() | manifest.pack_args.keys() if manifest.pack_args.get(k) != pack_args.get(k))
+        raise DataError(f"DST {dst} already holds a different dataset (differs in: {', '.join(changed)}); add --overwrite to replace it")
+    return PackSummary(note=f"{dst} is already packed with these inputs and options; nothing to do")
+
+
+def clear_dataset(dst: Path) -> None:
+    """Remove what a pack writes (manifest first, so a half-cleared DST never looks complete)."""
+    (dst / MANIFEST_NAME).unlink(missing_ok=True)
+    for path in dst.glob("*.tar") if dst.is_dir() else []:
+        if _SHARD_NAME.match(path.name):
+            path.unlink()
+    shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
+
+
+def _open_work_dir(dst: Path, plan: Plan, exclusive: bool) -> Path:
+    """Create DST/.work with the plan, or check that the one there is this plan (resume, parts)."""
+    work = dst / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    plan_bytes = plan.to_bytes()
+    plan_path = work / PLAN_NAME
+    if plan_path.exists() and plan_path.read_bytes() != plan_bytes:
+        raise DataError(
+            f"{work} holds an unfinished pack of different inputs or options; rerun that pack to finish it, or add --overwrite"
+        )
+    if exclusive:  # parts may run concurrently: never delete another writer's temp file
+        remove_stale_temps(dst)
+        remove_stale_temps(work)
+        if (work / "shards").is_dir():
+            remove_stale_temps(work / "shards")
+    if not plan_path.exists():
+        write_bytes_atomic(plan_path, plan_bytes)
+    return work
+
+
+def _encode_chunks(
+    src: Path, work: Path, plan: Plan, options: PackOptions, chunks: list[tuple[int, range]], pool: Any
+) -> int:
+    """Stage 1 over the chunks not done yet; returns frames decoded."""
+    tasks = [
+        ChunkTask([(j, plan.inputs[j][0]) for j in chunk], str(src), str(chunk_path(work, i)), options)
+        for i, chunk in chunks
+        if not chunk_path(work, i).exists()
+    ]
+    has_video = any(is_video(plan.inputs[t.inputs[0][0]][0]) for t in tasks)
+    # Videos have unknown frame counts: then the bar counts frames without a total.
+    total = None if has_video else sum(len(t.inputs) for t in tasks)
+    frames = 0
+    with tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1) as bar:
+        for task, count in zip(tasks, _map(pool, encode_chunk, tasks)):
+            frames += count
+            bar.update(count if has_video else len(task.inputs))
+    return frames
+
+
+def _require_chunks(work: Path, num_chunks: int) -> None:
+    missing = [i for i in range(num_chunks) if not chunk_path(work, i).exists()]
+    if missing:
+        listed = ", ".join(chunk_path(work, i).name for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"{work} is missing {len(missing)} of {num_chunks} chunks ({listed}); finish the --part runs, or run without --merge to encode them here"
+        )
+
+
+def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[str, Any], pool: Any) -> Manifest:
+    """Stage 2: select, shuffle, cut, write shards (reusing finished ones), manifest last."""
+    selection = select_samples(plan, dst / WORK_DIR)
+    if not selection.kept:
+        reasons = Counter(_reason_kind(s["reason"]) for s in selection.skipped)
+        skipped = ", ".join(f"{n} {why}" for why, n in reasons.most_common()) or "none"
+        raise DataError(
+            f"no usable frame among {len(plan.inputs) + len(plan.scan_skipped)} inputs (skipped: {skipped}; "
+            f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate)"
+        )
+    fingerprint = plan.fingerprint()
+    tasks = [
+        ShardTask(f"{split}-{i:06d}.tar", samples, str(dst), options.image_format, fingerprint)
+        for split, shards in split_and_cut(selection.kept, options).items()
+        for i, samples in enumerate(shards)
+    ]
+    infos = list(tqdm(_map(pool, write_shard_task, tasks), total=len(tasks), unit="shard", desc="write", dynamic_ncols=True))
+    splits = {split: SplitInfo([info for info in infos if info.name.startswith(f"{split}-")]) for split in SPLITS}
+    manifest = Manifest(
+        width=options.width,
+        height=options.height,
+        channels=options.channels,
+        image_format=options.image_format,
+        splits=splits,
+        pack_args=pack_args,
+        num_inputs=len(plan.inputs) + len(plan.scan_skipped),
+        filtered=selection.filtered,
+        skipped=selection.skipped,
+        root=dst,
+    )
+    manifest.write(dst)
+    return manifest
+
+
+def _remove_stale_shards(dst: Path, manifest: Manifest) -> None:
+    """Shard files a previous, different plan left behind under our naming scheme."""
+    listed = {s.name for split in manifest.splits.values() for s in split.shards}
+    for path in dst.glob("*.tar"):
+        if _SHARD_NAME.match(path.name) and path.name not in listed:
+            path.unlink()
+
+
+def _reason_kind(reason: str) -> str:
+    """'corrupt: OSError: ...' -> 'corrupt', for the summary's counts by kind."""
+    return reason.split(":", 1)[0]
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _worker_pool(num_workers: int) -> Iterator[Any]:
+    """A process pool for > 1 worker (None = run in this process, no pickling overhead)."""
+    if num_workers <= 1:
+        yield None
+        return
+    pool = multiprocessing.get_context().Pool(num_workers, initializer=_die_with_parent)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # workers exit on their own: much faster than terminate() for many workers
+    finally:
+        pool.join()
+
+
+def _map(pool: Any, fn: Callable, tasks: list) -> Iterable:
+    """Results in task order, computed in the pool if there is one."""
+    return map(fn, tasks) if pool is None else pool.imap(fn, tasks)
+
+
+def _die_with_parent() -> None:
+    """Workers exit when the pack process dies (even by kill -9) instead of writing on unseen."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # parent already gone before prctl took effect
+            os._exit(1)

@@ -1,0 +1,100 @@
+"""Every output path of a run, in one place: `runs/<ID or run.name>/...`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes_atomic
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def architecture(self) -> Path:
+        return self.root / "architecture.txt"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.root / "eval.jsonl"
+
+    @property
+    def train_batch(self) -> Path:
+        return self.root / "train_batch.png"
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.root / "loss_curve.png"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best_checkpoints(self) -> Path:
+        """The checkpoint with the lowest SWD so far (a full one: it can be resumed or evaluated)."""
+        return self.checkpoints / "best"
+
+    @property
+    def swd_curve(self) -> Path:
+        return self.root / "swd_curve.png"
+
+    @property
+    def generated(self) -> Path:
+        return self.root / "generated"
+
+    def sample(self, step: int) -> Path:
+        return self.samples / f"step_{step:06d}.png"
+
+    def create(self) -> None:
+        for d in (self.root, self.samples, self.checkpoints):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def run_dir(root: str | Path, name: str) -> RunDir:
+    return RunDir(Path(root) / name)
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records in order; a line cut short by a kill mid-append is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records past `last_step`: a resumed run redoes those steps and logs them again."""
+    if path.exists():
+        kept = [r for r in read_metrics(path) if r["step"] <= last_step]
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())

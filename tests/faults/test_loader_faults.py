@@ -1,0 +1,140 @@
+"""Loader faults: corrupt or truncated shards mid-epoch, missing shards, bad manifests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ..conftest import build_dataset, game_frame
+from ..test_loader import make_loader, take
+from ..test_loader_ddp import run_torchrun
+from shardgan.errors import CorruptSampleError, DataError
+
+SIZES = [7, 13, 5, 20]
+
+
+def corrupt_images(shard: Path, keys: list[str]) -> None:
+    """Overwrite the middle of each key's image data with junk, keeping the file size."""
+    with tarfile.open(shard) as tar:
+        spans = [(m.offset_data, m.size) for m in tar if m.name.split(".")[0] in keys and not m.name.endswith(".json")]
+    assert len(spans) == len(keys)
+    with open(shard, "r+b") as f:
+        for offset, size in spans:
+            f.seek(offset + size // 4)
+            f.write(b"\xde\xad\xbe\xef" * (size // 8))
+
+
+def epoch(shards: Path, world_size: int, **cfg) -> list[list[dict]]:
+    """[rank][batch] -> {"key", "image"} for one epoch of every simulated rank."""
+    return [
+        [{"key": b["key"], "image": b["image"].clone()} for b in make_loader(shards, rank=r, world_size=world_size, **cfg)]
+        for r in range(world_size)
+    ]
+
+
+def test_corrupt_samples_are_replaced_within_their_batch_and_reported(tmp_path, caplog):
+    build_dataset(tmp_path, SIZES)
+    clean = epoch(tmp_path, 2, batch_size=3)
+    bad_keys = ["000000008", "000000011", "000000016"]  # all in train-000001.tar (samples 7..19)
+    corrupt_images(tmp_path / "train-000001.tar", bad_keys)
+    loaders = [make_loader(tmp_path, rank=r, world_size=2, batch_size=3, num_workers=2 - r) for r in range(2)]
+    with caplog.at_level(logging.WARNING, logger="shardgan.loader"):
+        got = [[{"key": b["key"], "image": b["image"].clone()} for b in loader] for loader in loaders]
+    assert [len(r) for r in got] == [len(r) for r in clean]  # ranks stay in step
+    reported = sorted((r.shard, r.key) for loader in loaders for r in loader.corrupt)
+    assert reported == [("train-000001.tar", k) for k in bad_keys]
+    assert all("train-000001.tar" in m and "skipped corrupt sample" in m for m in caplog.messages)
+    for clean_rank, got_rank in zip(clean, got):
+        for want, batch in zip(clean_rank, got_rank):
+            good = [k for k in want["key"] if k not in bad_keys]
+            assert [k for k, w in zip(batch["key"], want["key"]) if w not in bad_keys] == good
+            assert set(batch["key"]) <= set(good)  # a bad slot holds a good sample of its own batch
+            for image, key in zip(batch["image"], batch["key"]):
+                np.testing.assert_array_equal(image.numpy(), game_frame(int(key), 16, 12).transpose(2, 0, 1))
+
+
+def test_shard_truncated_mid_epoch_is_skipped_sample_by_sample(tmp_path):
+    manifest = build_dataset(tmp_path, SIZES)
+    shard = manifest.split("train").shards[3]  # samples 25..44
+    loader = make_loader(tmp_path, batch_size=4)  # start-up checks pass
+    os.truncate(tmp_path / shard.name, shard.offsets[17] + 600)  # cuts into sample 17 (after its header); 18, 19 gone
+    batches = [b["key"] for b in loader]
+    assert len(batches) == loader.batches_per_epoch
+    assert sorted(r.key for r in loader.corrupt) == ["#18", "#19", "000000042"]
+    assert {r.shard for r in loader.corrupt} == {shard.name}
+
+
+def test_streamed_shard_truncated_mid_epoch_is_skipped(tmp_path):
+    manifest = build_dataset(tmp_path / "d", SIZES)
+    shard = manifest.split("train").shards[3]
+    os.truncate(tmp_path / "d" / shard.name, shard.offsets[17] + 100)
+    loader = make_loader(f"pipe:cat {tmp_path}/d/train-{{000000..000003}}.tar", batch_size=4, manifest=str(tmp_path / "d"))
+    batches = [b["key"] for b in loader]
+    assert len(batches) == loader.batches_per_epoch
+    assert sorted(r.key for r in loader.corrupt) == ["#17", "#18", "#19"]
+    assert all(r.shard == shard.name and "stream of" in r.reason for r in loader.corrupt)
+
+
+def test_a_batch_with_no_good_sample_stops_naming_the_shard(tmp_path):
+    build_dataset(tmp_path, [6])
+    corrupt_images(tmp_path / "train-000000.tar", [f"{i:09d}" for i in range(6)])
+    with pytest.raises(DataError, match=r"every sample of a batch is corrupt \(shards train-000000.tar"):
+        list(make_loader(tmp_path, batch_size=2, num_workers=1))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_on_corrupt_fail_stops_with_shard_and_key(tmp_path, num_workers):
+    build_dataset(tmp_path, SIZES)
+    corrupt_images(tmp_path / "train-000002.tar", ["000000021"])
+    loader = make_loader(tmp_path, on_corrupt="fail", num_workers=num_workers)
+    with pytest.raises(CorruptSampleError) as err:
+        list(loader)
+    assert (err.value.shard, err.value.key) == ("train-000002.tar", "000000021")
+    assert str(err.value).startswith("corrupt sample '000000021' in train-000002.tar: cannot decode png")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_shard_is_an_error_at_start_up(tmp_path):
+    build_dataset(tmp_path, SIZES)
+    (tmp_path / "train-000002.tar").unlink()
+    with pytest.raises(DataError, match=f"shard missing: {tmp_path}/train-000002.tar"):
+        make_loader(tmp_path)
+
+
+def test_shard_of_the_wrong_size_is_an_error_at_start_up(tmp_path):
+    manifest = build_dataset(tmp_path, SIZES)
+    size = manifest.split("train").shards[1].num_bytes
+    os.truncate(tmp_path / "train-000001.tar", size - 512)
+    with pytest.raises(DataError, match=f"train-000001.tar has {size - 512} bytes, manifest says {size}"):
+        make_loader(tmp_path)
+
+
+def test_manifest_of_another_version_is_an_error_at_start_up(tmp_path):
+    build_dataset(tmp_path, SIZES)
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**doc, "version": 99}))
+    with pytest.raises(DataError, match="manifest version 99 is not supported"):
+        make_loader(tmp_path)
+
+
+def test_missing_shard_directory_is_an_error_at_start_up(tmp_path):
+    with pytest.raises(DataError, match="shard directory not found"):
+        make_loader(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_stay_in_step_over_a_corrupt_shard(tmp_path):
+    build_dataset(tmp_path / "shards", [11, 4, 17, 9])
+    bad_keys = ["000000016", "000000020", "000000025"]  # in train-000002.tar (samples 15..31)
+    corrupt_images(tmp_path / "shards" / "train-000002.tar", bad_keys)
+    reports = run_torchrun(tmp_path / "shards", tmp_path)
+    assert reports[0]["steps"] == reports[1]["steps"] == 41 // 6
+    assert sorted(k for r in reports for _, k in r["corrupt"]) == bad_keys
+    keys = [{k for batch in r["keys"] for k in batch} for r in reports]
+    assert not keys[0] & keys[1] and not (keys[0] | keys[1]) & set(bad_keys)

@@ -1,0 +1,75 @@
+"""Config: presets load, precedence CLI > TOML > defaults, typos refused with a suggestion, INI import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardgan.config import Config, config_from_dict, import_ini, load_config, to_toml
+from shardgan.errors import ConfigError
+from tests.conftest import ROOT
+
+PRESETS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_presets_load_and_round_trip(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    out = tmp_path / "again.toml"
+    out.write_text(to_toml(cfg))
+    assert load_config(out) == cfg
+
+
+def test_precedence_defaults_toml_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[data]\nbatch_size = 32\nnum_workers = 3\n[optim]\nlr_g = 1\n")
+    cfg = load_config(path, ["data.batch_size=256"])
+    assert cfg.data.batch_size == 256  # command line beats the file
+    assert cfg.data.num_workers == 3  # file beats the default
+    assert cfg.optim.lr_g == 1.0 and isinstance(cfg.optim.lr_g, float)
+    assert cfg.train.seed == Config().train.seed  # untouched default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.batch_size=8"], "unknown key train.batch_size"),
+        (["data.batch_sise=8"], "did you mean 'batch_size'"),
+        (["trian.seed=1"], "did you mean 'train'"),
+        (["data.batch_size=eight"], "expected int"),
+        (["train.compile=maybe"], "expected true/false"),
+        (["model.loss=wasserstein"], "model.loss"),
+        (["noequals"], "section.key=value"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_type_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nwidth = "wide"\n')
+    with pytest.raises(ConfigError, match=r"model.width: expected int"):
+        load_config(path)
+
+
+def test_config_from_checkpoint_dict_round_trip() -> None:
+    cfg = load_config(ROOT / "configs" / "gc7m.toml", ["train.seed=7"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_import_seed_ini(tmp_path: Path) -> None:
+    ini = tmp_path / "model_config.ini"
+    ini.write_text(
+        "[CONFIGS]\ndataroot = /data/sm64\noutput_dir = output\nimage_width = 88\nimage_height = 66\n"
+        "num_channels = 3\nworkers = 2\nngpu = 1\nnum_epochs = 1000\nbatch_size = 128\nlr = 0.0002\n"
+        "beta1 = 0.5\nlatent_vector_size = 100\nngf = 64\nndf = 64\n"
+    )
+    cfg = import_ini(ini)
+    gc7m = load_config(ROOT / "configs" / "gc7m.toml")
+    assert cfg.model == gc7m.model
+    assert (cfg.optim.lr_g, cfg.optim.lr_d, cfg.optim.beta1) == (2e-4, 2e-4, 0.5)
+    assert (cfg.data.shards, cfg.data.batch_size, cfg.train.epochs, cfg.run.root) == ("/data/sm64", 128, 1000, "output")

@@ -1,0 +1,220 @@
+"""ShardLoader: every sample once per epoch over ranks x workers, equal batches, exact resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import PYTHON, ROOT, build_dataset, game_frame
+from shardgan.config import DataConfig
+from shardgan.errors import DataError
+from shardgan.loader import ShardLoader
+
+SIZES = [7, 13, 5, 20]
+
+
+def make_loader(shards: str | Path, *, rank: int = 0, world_size: int = 1, **cfg) -> ShardLoader:
+    cfg = {"batch_size": 2, "num_workers": 0, "pin_memory": False, **cfg}
+    return ShardLoader(DataConfig(shards=str(shards), **cfg), rank=rank, world_size=world_size)
+
+
+def take(loader: ShardLoader, n: int) -> list[list[str]]:
+    """The keys of the next n batches, across epoch ends, leaving the loader right after them."""
+    out: list[list[str]] = []
+    while len(out) < n:
+        it = iter(loader)
+        for batch in it:
+            out.append(batch["key"])
+            if len(out) == n:
+                it.close()
+                break
+    return out
+
+
+def all_ranks_epoch(shards: Path, world_size: int, **cfg) -> list[list[list[str]]]:
+    """One epoch of every rank (simulated in this process): [rank][batch] -> keys."""
+    return [[b["key"] for b in make_loader(shards, rank=r, world_size=world_size, **cfg)] for r in range(world_size)]
+
+
+def check_epoch(per_rank: list[list[list[str]]], num_samples: int, global_batch: int) -> list[str]:
+    """Equal batch counts, no duplicates, everything but a remainder < one global batch used."""
+    assert len({len(batches) for batches in per_rank}) == 1
+    keys = [k for batches in per_rank for batch in batches for k in batch]
+    assert len(keys) == len(set(keys))
+    assert set(keys) <= {f"{i:09d}" for i in range(num_samples)}
+    assert 0 <= num_samples - len(keys) < global_batch
+    return keys
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("shards")
+    build_dataset(directory, SIZES)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "sizes,world_size,num_workers,batch_size",
+    [
+        (SIZES, 1, 0, 4),
+        (SIZES, 3, 0, 3),
+        ([3, 17, 1, 9, 30], 4, 0, 2),
+        ([50], 8, 0, 2),  # fewer shards than ranks
+        ([50], 8, 4, 1),  # 1 shard, 8 ranks x 4 real workers
+        (SIZES, 2, 2, 3),
+    ],
+)
+def test_epoch_uses_every_sample_once_with_equal_batches(tmp_path, sizes, world_size, num_workers, batch_size):
+    build_dataset(tmp_path, sizes)
+    per_rank = all_ranks_epoch(tmp_path, world_size, num_workers=num_workers, batch_size=batch_size)
+    check_epoch(per_rank, sum(sizes), world_size * batch_size)
+
+
+@pytest.mark.parametrize("image_format,channels,num_workers", [("png", 3, 0), ("raw", 3, 2), ("png", 1, 1), ("raw", 1, 0)])
+def test_batches_hold_the_samples_named_by_their_keys(tmp_path, image_format, channels, num_workers):
+    build_dataset(tmp_path, [5, 6], image_format=image_format, channels=channels)
+    loader = make_loader(tmp_path, batch_size=3, num_workers=num_workers)
+    for batch in loader:
+        images = batch["image"]
+        assert images.dtype == torch.uint8 and images.shape == (3, channels, 12, 16)
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        for image, key in zip(images, batch["key"]):
+            expected = game_frame(int(key), 16, 12)[:, :, :channels].transpose(2, 0, 1)
+            np.testing.assert_array_equal(image.numpy(), expected)
+
+
+def test_order_changes_per_epoch_and_repeats_per_seed(dataset):
+    loader = make_loader(dataset)
+    first, second = [b["key"] for b in loader], [b["key"] for b in loader]
+    assert loader.epoch == 2
+    assert first != second
+    assert first == [b["key"] for b in make_loader(dataset)]
+    assert first != [b["key"] for b in make_loader(dataset, seed=1)]
+
+
+def test_len_counts_the_batches_left(dataset):
+    loader = make_loader(dataset, rank=1, world_size=2)
+    assert len(loader) == loader.batches_per_epoch == sum(SIZES) // 4
+    take(loader, 3)
+    assert len(loader) == loader.batches_per_epoch - 3 and loader.samples_seen == 12
+
+
+@pytest.mark.parametrize(
+    "k,workers_before,workers_after",
+    [(0, 2, 0), (5, 0, 0), (5, 2, 3), (11, 0, 2), (14, 0, 0)],  # 11 batches per epoch: 11 = last batch
+)
+def test_restore_yields_exactly_the_rest_of_the_uninterrupted_run(dataset, k, workers_before, workers_after):
+    uninterrupted = take(make_loader(dataset, rank=1, world_size=2), 22)
+    before = make_loader(dataset, rank=1, world_size=2, num_workers=workers_before)
+    assert take(before, k) == uninterrupted[:k]
+    after = make_loader(dataset, rank=1, world_size=2, num_workers=workers_after)
+    after.load_state_dict(before.state_dict())
+    assert take(after, 22 - k) == uninterrupted[k:]
+
+
+def test_state_after_the_last_batch_points_at_the_next_epoch(dataset):
+    loader = make_loader(dataset, batch_size=4)
+    it = iter(loader)
+    for _ in range(loader.batches_per_epoch):
+        next(it)
+    state = loader.state_dict()
+    assert (state["epoch"], state["samples_seen"]) == (1, 0)
+    assert loader.epoch == 0  # the batch just handed out still belongs to epoch 0
+    next(it, None)
+    assert (loader.epoch, loader.samples_seen) == (1, 0)
+
+
+RESUME_SCRIPT = """
+import json, sys
+from shardgan.config import DataConfig
+from shardgan.loader import ShardLoader
+shards, state = sys.argv[1], json.loads(sys.argv[2])
+loader = ShardLoader(DataConfig(shards=shards, batch_size=2, num_workers=1, pin_memory=False), rank=1, world_size=2)
+loader.load_state_dict(state)
+print(json.dumps([b["key"] for b in loader]))
+"""
+
+
+def test_restore_in_a_new_process(dataset):
+    uninterrupted = take(make_loader(dataset, rank=1, world_size=2), 11)
+    before = make_loader(dataset, rank=1, world_size=2)
+    take(before, 4)
+    state = json.dumps(before.state_dict())
+    done = subprocess.run([PYTHON, "-c", RESUME_SCRIPT, str(dataset), state], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == uninterrupted[4:]
+
+
+@pytest.mark.parametrize("world_after,batch_after", [(3, 2), (1, 5), (4, 1)])
+def test_elastic_restore_neither_repeats_nor_skips(dataset, world_after, batch_after):
+    ranks = [make_loader(dataset, rank=r, world_size=2) for r in range(2)]
+    consumed = [k for loader in ranks for batch in take(loader, 4) for k in batch]
+    state = ranks[0].state_dict()
+    assert state == {**ranks[1].state_dict(), "world_size": 2}
+    rest = []
+    for r in range(world_after):
+        loader = make_loader(dataset, rank=r, world_size=world_after, batch_size=batch_after)
+        loader.load_state_dict(state)
+        rest.append([b["key"] for b in loader])
+    assert len({len(batches) for batches in rest}) == 1
+    keys = consumed + [k for batches in rest for batch in batches for k in batch]
+    assert len(keys) == len(set(keys))
+    assert sum(SIZES) - len(keys) < world_after * batch_after
+
+
+def test_restore_refuses_a_state_that_cannot_continue(dataset, tmp_path):
+    state = make_loader(dataset).state_dict()
+    with pytest.raises(DataError, match="data.seed changed: checkpoint has 0, config has 7"):
+        make_loader(dataset, seed=7).load_state_dict(state)
+    build_dataset(tmp_path / "other", [7, 13, 5, 21])
+    with pytest.raises(DataError, match="checkpoint has 45 samples, the shards now hold 46"):
+        make_loader(tmp_path / "other").load_state_dict(state)
+    build_dataset(tmp_path / "same_count", [13, 7, 5, 20])
+    with pytest.raises(DataError, match="shard list or shard contents differ"):
+        make_loader(tmp_path / "same_count").load_state_dict(state)
+    with pytest.raises(DataError, match="no 'samples_seen' field"):
+        make_loader(dataset).load_state_dict({k: v for k, v in state.items() if k != "samples_seen"})
+    with pytest.raises(DataError, match="version 99"):
+        make_loader(dataset).load_state_dict({**state, "version": 99})
+    with pytest.raises(DataError, match="out of range"):
+        make_loader(dataset).load_state_dict({**state, "samples_seen": 1000})
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pipe_urls_stream_the_same_batches_as_local_files(dataset, num_workers):
+    local = all_ranks_epoch(dataset, 2, batch_size=3)
+    pattern = f"pipe:cat {dataset}/train-{{000000..000003}}.tar"
+    streamed = all_ranks_epoch(pattern, 2, batch_size=3, num_workers=num_workers, manifest=str(dataset / "manifest.json"))
+    assert streamed == local
+
+
+def test_streamed_restore_is_exact(dataset):
+    pattern, manifest = f"pipe:cat {dataset}/train-{{000000..000003}}.tar", str(dataset / "manifest.json")
+    uninterrupted = take(make_loader(pattern, manifest=manifest), 22)
+    before = make_loader(pattern, manifest=manifest)
+    take(before, 7)
+    after = make_loader(pattern, manifest=manifest, num_workers=2)
+    after.load_state_dict(before.state_dict())
+    assert take(after, 15) == uninterrupted[7:]
+
+
+def test_brace_pattern_selects_a_subset_of_local_shards(dataset):
+    loader = make_loader(f"{dataset}/train-{{000001..000002}}.tar", batch_size=3)
+    keys = [k for b in loader for k in b["key"]]
+    assert sorted(keys) == [f"{i:09d}" for i in range(7, 25)]  # shards 1 and 2 hold samples 7..24
+
+
+def test_url_shards_need_a_manifest(dataset):
+    with pytest.raises(DataError, match="set data.manifest"):
+        make_loader(f"pipe:cat {dataset}/train-000000.tar")
+    with pytest.raises(DataError, match="shard nope.tar is not in split 'train'"):
+        make_loader("pipe:cat /x/nope.tar", manifest=str(dataset))
+
+
+def test_batch_larger_than_the_split_is_refused(dataset):
+    with pytest.raises(DataError, match="global batch 48 .* is larger than split 'train' \\(45 samples\\)"):
+        make_loader(dataset, batch_size=24, world_size=2)

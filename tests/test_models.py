@@ -1,0 +1,73 @@
+"""Models: the seed's parameter counts exactly, G/D shapes for many sizes, SN and EMA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shardgan.config import ModelConfig, load_config
+from shardgan.errors import ConfigError
+from shardgan.models import EMA, build_models, count_params, plan_layout
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize(
+    ("preset", "g_params", "d_params"),
+    [("gc7m", 4_338_560, 3_783_424), ("3ck2", 10_596_390, 5_906_880), ("y8q8", 3_576_704, 2_765_568)],
+)
+def test_preset_parameter_counts(preset: str, g_params: int, d_params: int) -> None:
+    g, d = build_models(load_config(ROOT / "configs" / f"{preset}.toml").model, seed=0)
+    assert (count_params(g), count_params(d)) == (g_params, d_params)
+
+
+def test_seed_layout_is_used_for_88x66() -> None:
+    layout = plan_layout(88, 66)
+    assert layout.g_kernels == ((4, 5), (4, 5), (4, 4), (5, 4), (4, 4))
+    assert layout.d_kernels == ((4, 4), (3, 4), (3, 4), (5, 5), (4, 5))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "channels"),
+    [(64, 64, 3), (88, 66, 3), (128, 96, 3), (160, 120, 3), (256, 144, 3), (64, 64, 1), (24, 16, 3), (8, 8, 1), (33, 17, 3), (90, 50, 1)],
+)
+def test_shapes_for_sizes(width: int, height: int, channels: int) -> None:
+    cfg = ModelConfig(width=width, height=height, channels=channels, nz=8, ngf=4, ndf=4)
+    g, d = build_models(cfg, seed=0)
+    images = g(torch.randn(3, 8, 1, 1))
+    assert images.shape == (3, channels, height, width)
+    assert d(images).shape == (3,)
+
+
+def test_spectral_norm_discriminator_has_no_batchnorm() -> None:
+    g, d = build_models(ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, spectral_norm=True), seed=0)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert sum(hasattr(m, "parametrizations") for m in d.modules()) == len(plan_layout(24, 16).d_kernels)
+
+
+def test_unbuildable_size_is_refused() -> None:
+    with pytest.raises(ConfigError, match="aspect ratio"):
+        build_models(ModelConfig(width=512, height=16), seed=0)
+
+
+def test_same_seed_same_weights_without_global_seeding() -> None:
+    cfg = ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, spectral_norm=True)
+    a, b = build_models(cfg, seed=5), build_models(cfg, seed=5)
+    torch.manual_seed(123)  # the global RNG must not matter
+    c = build_models(cfg, seed=5)
+    for x, y, z in zip(a, b, c):
+        for (k, v), w, u in zip(x.state_dict().items(), y.state_dict().values(), z.state_dict().values()):
+            assert torch.equal(v, w) and torch.equal(v, u), k
+    other = build_models(cfg, seed=6)[0]
+    assert not torch.equal(next(a[0].parameters()), next(other.parameters()))
+
+
+def test_ema_moves_towards_model() -> None:
+    g, _ = build_models(ModelConfig(width=16, height=16, nz=8, ngf=4, ndf=4), seed=0)
+    ema = EMA(g, decay=0.5)
+    before = next(ema.model.parameters()).clone()
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(1.0)
+    ema.update(g)
+    assert torch.allclose(next(ema.model.parameters()), before + 0.5)
+    assert not any(p.requires_grad for p in ema.model.parameters())

@@ -1,0 +1,211 @@
+"""`shardgan pack` / `inspect`: what goes in comes out (read with plain webdataset), byte-reproducibly."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from shardgan import cli
+from shardgan.errors import ConfigError, DataError
+from shardgan.manifest import inspect_dataset, load_manifest, verify_dataset
+from shardgan.pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
+from shardgan.shards import read_sample
+
+from .conftest import PYTHON, write_frames
+
+SHARDGAN = str(Path(PYTHON).parent / "shardgan")
+SMALL = PackOptions(40, 30, samples_per_shard=8)
+
+
+def pack(src: Path, dst: Path, options: PackOptions = SMALL, **kwargs) -> None:
+    pack_dataset(src, dst, options, log=lambda line: None, **kwargs)
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (hidden ones too) by relative path: equal trees are equal dicts."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def read_webdataset(dst: Path, split: str = "train") -> list[dict]:
+    urls = [str(dst / s.name) for s in load_manifest(dst).split(split).shards]
+    return list(wds.WebDataset(urls, shardshuffle=False))
+
+
+@pytest.mark.parametrize("image_format", ["png", "raw"])
+def test_samples_read_back_with_webdataset_match_inputs(tmp_path: Path, image_format: str) -> None:
+    paths = write_frames(tmp_path / "src", 30)
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, image_format=image_format, samples_per_shard=8))
+    samples = read_webdataset(tmp_path / "dst")
+    assert len(samples) == 30 and len(load_manifest(tmp_path / "dst").split("train").shards) == 4
+    ext = "png" if image_format == "png" else "npy"
+    by_src = {}
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        data = sample[ext]
+        by_src[meta["src"]] = np.load(io.BytesIO(data)) if ext == "npy" else np.asarray(Image.open(io.BytesIO(data)))
+    assert sorted(by_src) == sorted(p.relative_to(tmp_path / "src").as_posix() for p in paths)
+    for path in paths:
+        expected = Image.open(path).convert("RGB").resize((40, 30), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        assert np.array_equal(by_src[path.relative_to(tmp_path / "src").as_posix()], np.asarray(expected))
+    keys = [s["__key__"] for s in samples]
+    assert keys != sorted(keys), "samples must be shuffled globally before the shard cut"
+
+
+def test_byte_identical_across_runs_and_worker_counts(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 40)
+    options = PackOptions(40, 30, samples_per_shard=7, val=0.2, seed=3)
+    pack(tmp_path / "src", tmp_path / "one", options, workers=1)
+    pack(tmp_path / "src", tmp_path / "two", options, workers=2)
+    pack(tmp_path / "src", tmp_path / "again", options, workers=2)
+    assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two") == tree_bytes(tmp_path / "again")
+    assert "manifest.json" in tree_bytes(tmp_path / "one") and not (tmp_path / "one" / ".work").exists()
+
+
+def test_parts_then_merge_equal_a_single_pack(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 40)
+    pack(tmp_path / "src", tmp_path / "single")
+    pack(tmp_path / "src", tmp_path / "parts", part=(1, 3))
+    with pytest.raises(DataError, match=r"missing \d+ of 5 chunks \(chunk-000000"):
+        pack(tmp_path / "src", tmp_path / "parts", merge=True)
+    pack(tmp_path / "src", tmp_path / "parts", part=(0, 3))
+    pack(tmp_path / "src", tmp_path / "parts", part=(2, 3), workers=2)
+    pack(tmp_path / "src", tmp_path / "parts", merge=True)
+    assert tree_bytes(tmp_path / "parts") == tree_bytes(tmp_path / "single")
+
+
+def test_val_split_seed_and_shard_size_cut(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 30)
+    pack(tmp_path / "src", tmp_path / "a", PackOptions(40, 30, val=6, seed=1, shard_size_bytes=20_000))
+    pack(tmp_path / "src", tmp_path / "b", PackOptions(40, 30, val=6, seed=2, shard_size_bytes=20_000))
+    manifest = load_manifest(tmp_path / "a")
+    train, val = ({s["__key__"] for s in read_webdataset(tmp_path / d, split)} for d, split in [("a", "train"), ("a", "val")])
+    assert len(val) == 6 and len(train) == 24 and not train & val
+    assert len(manifest.split("train").shards) > 1
+    for shard in manifest.split("train").shards[:-1]:
+        assert shard.num_bytes <= 20_000 + 10_240  # target plus the tar end-of-archive record
+    with open(tmp_path / "a" / manifest.split("train").shards[0].name, "rb") as f:
+        shard = manifest.split("train").shards[0]
+        keys = [read_sample(f, shard.offsets[i], shard.offsets[i + 1])["__key__"] for i in range(shard.num_samples)]
+    assert keys == [s["__key__"] for s in read_webdataset(tmp_path / "a")][: shard.num_samples]
+    assert [s["__key__"] for s in read_webdataset(tmp_path / "b")] != [s["__key__"] for s in read_webdataset(tmp_path / "a")]
+
+
+def test_blank_and_duplicate_frames_are_dropped_and_counted(tmp_path: Path) -> None:
+    paths = write_frames(tmp_path / "src", 20)
+    shutil.copy(paths[3], tmp_path / "src" / "zz_copy_of_3.png")
+    Image.new("RGB", (160, 120)).save(tmp_path / "src" / "black.png")
+    Image.new("RGB", (160, 120), (255, 255, 255)).save(tmp_path / "src" / "white.png")
+    pack(tmp_path / "src", tmp_path / "dst")
+    manifest = load_manifest(tmp_path / "dst")
+    assert manifest.filtered == {"blank": 2, "duplicate": 1} and manifest.split("train").num_samples == 20
+    srcs = {json.loads(s["json"])["src"] for s in read_webdataset(tmp_path / "dst")}
+    assert paths[3].relative_to(tmp_path / "src").as_posix() in srcs and "zz_copy_of_3.png" not in srcs
+    pack(tmp_path / "src", tmp_path / "keep", PackOptions(40, 30, samples_per_shard=8, blank_threshold=0))
+    assert load_manifest(tmp_path / "keep").filtered == {"blank": 0, "duplicate": 1}
+
+
+def test_rerun_is_a_no_op_and_a_different_dataset_needs_overwrite(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 20)
+    pack(tmp_path / "src", tmp_path / "dst")
+    before = tree_bytes(tmp_path / "dst")
+    pack(tmp_path / "src", tmp_path / "dst")
+    assert tree_bytes(tmp_path / "dst") == before
+    reseeded = PackOptions(40, 30, samples_per_shard=8, seed=9)
+    with pytest.raises(DataError, match="already holds a different dataset .*seed.*--overwrite"):
+        pack(tmp_path / "src", tmp_path / "dst", reseeded)
+    write_frames(tmp_path / "src", 1, start=20)
+    with pytest.raises(DataError, match="inputs_sha256"):
+        pack(tmp_path / "src", tmp_path / "dst")
+    pack(tmp_path / "src", tmp_path / "dst", reseeded, overwrite=True)
+    pack(tmp_path / "src", tmp_path / "fresh", reseeded)
+    assert tree_bytes(tmp_path / "dst") == tree_bytes(tmp_path / "fresh")
+
+
+def test_argument_parsing() -> None:
+    assert parse_size("88x66") == (88, 66) and parse_size("64X48") == (64, 48)
+    assert parse_bytes("256MB") == 256_000_000 and parse_bytes("1GiB") == 2**30 and parse_bytes("1000") == 1000
+    assert parse_val("500") == 500 and parse_val("0.05") == 0.05
+    assert parse_part("3/8") == (3, 8)
+    for parse, text in [(parse_size, "abc"), (parse_size, "0x5"), (parse_bytes, "12 parsecs"), (parse_val, "1.5"), (parse_part, "2/2")]:
+        with pytest.raises(ConfigError):
+            parse(text)
+    with pytest.raises(ConfigError, match="--mode"):
+        PackOptions(8, 8, mode="zoom")
+
+
+def _cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:
+    monkeypatch.setattr(sys, "argv", ["shardgan", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    # Progress bars (lines redrawn with \r) may come first; the error itself is exactly one line.
+    lines = [line for line in capsys.readouterr().err.split("\n") if line and "\r" not in line]
+    assert exit_info.value.code != 0 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_cli_argument_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    src, empty = tmp_path / "src", tmp_path / "empty"
+    write_frames(src, 3)
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no frames here")
+    pack(src, tmp_path / "dst")
+    capsys.readouterr()  # the progress bars of that pack
+    assert "no image or video files" in _cli_error(monkeypatch, capsys, "pack", str(empty), str(tmp_path / "d"))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "noise.png").write_bytes(b"not a png")
+    assert "no usable frame among 1 inputs (skipped: 1 not an image" in _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "junk"), str(tmp_path / "j"))
+    assert "inside SRC" in _cli_error(monkeypatch, capsys, "pack", str(src), str(src / "shards"))
+    assert "different dataset" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "dst"), "--size", "20x10")
+    assert "--part" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--part", "3/2")
+    assert "--val" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--val", "x")
+    assert "--channels" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--channels", "2")
+    assert "no manifest.json" in _cli_error(monkeypatch, capsys, "inspect", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 2)
+    # One real process (the console script's start-up is slow: it imports torch via webdataset).
+    result = subprocess.run([SHARDGAN, "pack", str(tmp_path / "src"), str(tmp_path / "d"), "--size", "abc"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "--size" in result.stderr and not (tmp_path / "d").exists()
+
+
+def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_frames(tmp_path / "src", 20)
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, samples_per_shard=8, val=4))
+    inspect_dataset(tmp_path / "dst", verify=True, grid=tmp_path / "grid.png", grid_count=9)
+    out = capsys.readouterr().out
+    assert "train: 16 samples in 2 shards" in out and "val: 4 samples" in out and "verified: all 20" in out
+    assert Image.open(tmp_path / "grid.png").size == (3 * 42 + 2, 3 * 32 + 2)
+    manifest = load_manifest(tmp_path / "dst")
+    shard = manifest.split("train").shards[1]
+    path = tmp_path / "dst" / shard.name
+    data = bytearray(path.read_bytes())
+    data[shard.offsets[2] + 1024 + 40] ^= 0xFF  # inside sample 2's image bytes
+    path.write_bytes(bytes(data))
+    problems = verify_dataset(manifest)
+    assert any("sha256" in p for p in problems) and any("sample 2" in p for p in problems), problems
+    with pytest.raises(DataError, match="verify found"):
+        inspect_dataset(tmp_path / "dst", verify=True)
+
+
+def test_videos_are_packed_every_kth_frame_with_frame_keys(tmp_path: Path) -> None:
+    from .test_frames import write_video
+
+    write_frames(tmp_path / "src", 4)
+    write_video(tmp_path / "src" / "speedrun.mkv", 10)
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, every=4))
+    metas = {s["__key__"]: json.loads(s["json"]) for s in read_webdataset(tmp_path / "dst")}
+    video = {k: m for k, m in metas.items() if m["src"] == "speedrun.mkv"}
+    assert sorted(video) == ["000000004_0000000", "000000004_0000004", "000000004_0000008"]
+    assert [video[k]["frame"] for k in sorted(video)] == [0, 4, 8] and len(metas) == 7

@@ -1,0 +1,151 @@
+"""Trainer: straight == stopped/killed + resumed (bit-identical), run directory, generate, refusals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shardgan import checkpoint as ckpt
+from shardgan.generate import generate
+from shardgan.rundir import read_metrics
+from tests.conftest import PYTHON
+from tests.trainer_runs import (
+    CONFIG,
+    ENV,
+    STEPS,
+    assert_same_final,
+    checkpoint_exists,
+    newest,
+    newest_step,
+    torchrun_args,
+    train_args,
+    train_inprocess,
+    wait_for,
+    worker_pids,
+)
+
+
+def test_run_dir_holds_outputs(straight: Path) -> None:
+    for name in ("config.toml", "architecture.txt", "train.log", "metrics.jsonl", "train_batch.png", "loss_curve.png"):
+        assert (straight / name).stat().st_size > 0, name
+    assert "Generator" in (straight / "architecture.txt").read_text() and "Discriminator" in (straight / "architecture.txt").read_text()
+    samples = sorted(p.name for p in (straight / "samples").iterdir())
+    assert samples == ["step_000010.png", "step_000015.png", "step_000020.png", "step_000030.png", "step_000040.png"]
+    assert [p.name for p in ckpt.list_checkpoints(straight / "checkpoints")] == [f"step_{s:08d}.pt" for s in (40, 35, 30)]
+    records = read_metrics(straight / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(5, STEPS + 1, 5))
+    assert set(records[0]) == {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "lr"}
+    assert [r["epoch"] for r in records][:4] == [0, 0, 0, 1]
+    state = newest(straight)
+    assert state[ckpt.LOADER]["epoch"] == 2 and state[ckpt.LOADER]["samples_seen"] == 10 * 8
+
+
+def test_sigterm_checkpoints_exits_0_and_resume_is_exact(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
+    run = tmp_path / "sigterm"
+    proc = subprocess.Popen([PYTHON, "-m", "shardgan.train", *train_args(tiny_shards, run)], env=ENV, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: checkpoint_exists(run, 5), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    stopped_at = newest_step(run)
+    assert 5 < stopped_at < STEPS, "the signal should stop the run mid-way with a checkpoint"
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {stopped_at}" in stderr
+    assert train_inprocess(tiny_shards, run) == 0
+    assert_same_final(straight, run)
+    assert read_metrics(run / "metrics.jsonl") == [
+        {**r, "images_per_s": r2["images_per_s"]} for r, r2 in zip(read_metrics(straight / "metrics.jsonl"), read_metrics(run / "metrics.jsonl"))
+    ]
+
+
+def test_kill9_after_checkpoint_and_resume_is_exact(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
+    run = tmp_path / "kill9"
+    proc = subprocess.Popen([PYTHON, "-m", "shardgan.train", *train_args(tiny_shards, run)], env=ENV, stderr=subprocess.DEVNULL)
+    wait_for(lambda: checkpoint_exists(run, 10), proc)
+    proc.kill()
+    proc.wait()
+    assert newest_step(run) < STEPS
+    assert train_inprocess(tiny_shards, run) == 0
+    assert_same_final(straight, run)
+
+
+def test_corrupt_newest_checkpoint_resumes_from_previous(tiny_shards: Path, straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "corrupt"
+    shutil.copytree(straight, run)
+    bad = run / "checkpoints" / "step_00000040.pt"
+    bad.write_bytes(bad.read_bytes()[:1000])  # truncated
+    assert train_inprocess(tiny_shards, run) == 0
+    assert f"skipping checkpoint {bad}" in capsys.readouterr().err
+    assert_same_final(straight, run)  # redid 35 -> 40 from the previous checkpoint
+
+
+def test_resume_refuses_inexact_config_change(tiny_shards: Path, straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "changed"
+    shutil.copytree(straight, run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert train_inprocess(tiny_shards, run, "data.batch_size=4", "train.max_steps=50") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: resuming") and "data.batch_size (8 -> 4)" in err and "--allow-config-change" in err
+    assert "\n" not in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert train_inprocess(tiny_shards, run, "data.batch_size=4", "train.max_steps=50", "--allow-config-change") == 0
+    assert newest(run)[ckpt.STEP] == 50
+
+
+def test_generate_is_reproducible(straight: Path, tmp_path: Path) -> None:
+    a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
+    b = generate(straight, num_images=16, seed=3, out=tmp_path / "b")
+    c = generate(straight, num_images=16, seed=4, out=tmp_path / "c")
+    assert a[0].read_bytes() == b[0].read_bytes() != c[0].read_bytes()
+    assert len(generate(straight, num_images=5, grid=False, out=tmp_path / "d")) == 5
+    strip = generate(straight, interpolate=6, out=tmp_path / "e")[0]
+    from PIL import Image
+
+    assert Image.open(strip).size == (6 * (24 + 2) + 2, 16 + 4)
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_one_rank_stops_all_and_resume_is_exact(tiny_shards: Path, straight_ddp: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp_sigterm"
+    proc = subprocess.Popen(torchrun_args(tiny_shards, run), env=ENV, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: checkpoint_exists(run, 5), proc)
+    os.kill(worker_pids(proc.pid)[1], signal.SIGTERM)  # only rank 1 is told: rank 0 must follow
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert 5 < newest_step(run) < STEPS
+    done = subprocess.run(torchrun_args(tiny_shards, run), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    assert_same_final(straight_ddp, run)
+    assert newest(straight_ddp)[ckpt.WORLD_SIZE] == 2
+
+
+def test_cli_train_dry_run_and_generate(straight: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shardgan.cli import app
+
+    runner = CliRunner()
+    dry = runner.invoke(app, ["train", "--config", str(CONFIG), "--dry-run", "data.batch_size=3", "--run-name", "x"])
+    assert dry.exit_code == 0, dry.output
+    assert "batch_size = 3" in dry.output and 'name = "x"' in dry.output
+    made = runner.invoke(app, ["generate", str(straight), "-n", "4", "--seed", "1", "--out", str(tmp_path)])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "grid_seed1.png").exists()
+
+
+def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:
+    import torch
+
+    from shardgan.train import FiniteCheck
+
+    ok = {"loss_d": torch.tensor(1.0), "loss_g": torch.tensor(0.5)}
+    bad = {"loss_d": torch.tensor(float("nan")), "loss_g": torch.tensor(0.5)}
+    lagged = FiniteCheck(lagged=True)
+    assert lagged.push(1, ok) is None and lagged.push(2, bad) is None and lagged.push(3, ok) == 2
+    assert lagged.push(4, bad) is None and lagged.now() == 4 and lagged.now() is None
+    assert FiniteCheck(lagged=False).push(7, bad) == 7

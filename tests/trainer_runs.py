@@ -1,0 +1,149 @@
+"""Trainer test runs shared by tests/test_train.py and tests/faults/test_train_faults.py
+(a pytest plugin, so the session fixtures below are computed once per session).
+
+All runs use configs/tiny.toml (24x16 frames, ngf=ndf=8) on real shards for STEPS steps,
+crossing two epoch ends. Every run uses one intra-op thread, so float reductions happen in
+the same order in the pytest process, in `python -m` subprocesses and under torchrun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from shardgan import checkpoint as ckpt
+from shardgan.train import main
+from tests.conftest import PYTHON, ROOT, build_dataset
+
+CONFIG = ROOT / "configs" / "tiny.toml"
+STEPS = 40
+"""15 batches per epoch: 40 steps cross two epoch ends, and stops mid-epoch."""
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TORCHRUN = [str(Path(PYTHON).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+COMPARED = (ckpt.G, ckpt.D, ckpt.EMA, ckpt.OPT_G, ckpt.OPT_D, ckpt.STEP, ckpt.LOADER, ckpt.FIXED_NOISE)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny") / "shards"
+    build_dataset(directory, [40, 37, 50], width=24, height=16)  # 127 samples: 15 batches of 8
+    return directory
+
+
+def train_args(shards: Path, run: Path, *extra: str) -> list[str]:
+    """Arguments for `python -m shardgan.train` / `main()` training the tiny preset into `run`."""
+    return [
+        "--config", str(CONFIG), f"data.shards={shards}", f"run.root={run.parent}", f"run.name={run.name}",
+        f"train.max_steps={STEPS}", "checkpoint.every_steps=5", "checkpoint.keep_last=3", "train.sample_every_steps=10",
+        *extra,
+    ]  # fmt: skip
+
+
+def train_inprocess(shards: Path, run: Path, *extra: str) -> int:
+    with one_thread():
+        return main(train_args(shards, run, *extra))
+
+
+def newest(run: Path) -> dict[str, Any]:
+    found = ckpt.load_newest(run / "checkpoints")
+    assert found is not None, f"no checkpoint in {run}"
+    return found[0]
+
+
+def newest_step(run: Path) -> int:
+    paths = [p for p in ckpt.list_checkpoints(run / "checkpoints") if p.with_suffix(".json").exists()]
+    return int(paths[0].stem.split("_")[1]) if paths else 0
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any], where: str = "") -> None:
+    """Every tensor and number of the compared keys is bit-identical."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"differs at {where}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"keys differ at {where}"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"lengths differ at {where}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"differs at {where}: {a!r} != {b!r}"
+
+
+def assert_same_final(a: Path, b: Path) -> None:
+    sa, sb = newest(a), newest(b)
+    assert sa[ckpt.STEP] == sb[ckpt.STEP] == STEPS
+    for key in COMPARED:
+        assert_same_state(sa[key], sb[key], key)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, f"process ended early (rc={proc.returncode})"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def checkpoint_exists(run: Path, step: int) -> bool:
+    return (run / "checkpoints" / f"step_{step:08d}.json").exists()
+
+
+def worker_pids(torchrun_pid: int) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes (its children that have RANK in their env)."""
+    pids: dict[int, int] = {}
+    for task in Path(f"/proc/{torchrun_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                env = dict(item.split("=", 1) for item in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in item)
+                if "RANK" in env:
+                    pids[int(env["RANK"])] = int(child)
+    return pids
+
+
+# -- one process --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def straight(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: STEPS steps in one go, in this process."""
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    assert train_inprocess(tiny_shards, run) == 0
+    return run
+
+
+# -- two processes under torchrun (gloo) ------------------------------------------------------
+
+
+def torchrun_args(shards: Path, run: Path, *extra: str) -> list[str]:
+    return [*TORCHRUN, "-m", "shardgan.train", *train_args(shards, run, "data.batch_size=4", *extra)]
+
+
+@pytest.fixture(scope="session")
+def straight_ddp(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-process reference: global batch 8 (4 per rank) for STEPS steps."""
+    run = tmp_path_factory.mktemp("runs") / "straight_ddp"
+    done = subprocess.run(torchrun_args(tiny_shards, run), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
