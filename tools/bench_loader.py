@@ -87,7 +87,7 @@ if __name__ == "__main__":
     manifest = load_manifest(shards)
     items = [(str(manifest.shard_path(s)), s.offsets[i], s.offsets[i + 1])
              for s in manifest.split("train").shards for i in range(s.num_samples)]
-    optimize(fn=encode, inputs=items, output_dir=out, num_workers=workers, chunk_bytes="64MB", mode="overwrite", verbose=False)
+    optimize(fn=encode, inputs=items, output_dir=out, num_workers=workers, chunk_bytes="8MB", mode="overwrite", verbose=False)
     loader = StreamingDataLoader(PngDataset(out, shuffle=True), batch_size=batch, num_workers=workers)
     count, first = 0, None
     for batch_ in loader:

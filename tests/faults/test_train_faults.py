@@ -8,6 +8,8 @@ import hashlib
 import json
 import os
 import pickle
+import random
+import re
 import shutil
 import signal
 import subprocess
@@ -38,23 +40,72 @@ from tests.trainer_runs import (
 INJECT = Path(__file__).parent / "inject"
 
 
+def start_restarting(shards: Path, run: Path, marker: Path, **inject: str) -> subprocess.Popen:
+    """The 2-process tiny run under torchrun, which restarts the group up to 3 times; `inject`:
+    SHARDGAN_* settings for inject/sitecustomize.py (stderr goes to a file: a pipe could fill up)."""
+    env = {**ENV, "PYTHONPATH": str(INJECT), "SHARDGAN_KILL_MARKER": str(marker), **inject}
+    args = torchrun_args(shards, run)
+    args.insert(args.index("-m"), "--max-restarts=3")
+    with open(run.parent / f"{run.name}.stderr", "w") as stderr:
+        return subprocess.Popen(args, env=env, stderr=stderr, text=True)
+
+
+def assert_finished_exact(proc: subprocess.Popen, run: Path, reference: Path, resumes: int) -> None:
+    """The run ended cleanly after `resumes` restarts, no temp file is left, and its final state is
+    bit-identical to `reference`."""
+    proc.wait(timeout=300)
+    assert proc.returncode == 0, (run.parent / f"{run.name}.stderr").read_text()[-3000:]
+    assert len(resumed_steps(run)) == resumes
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+    assert_same_final(reference, run)
+
+
+def resumed_steps(run: Path) -> list[int]:
+    """The step each restart of `run` resumed from, from rank 0's train.log."""
+    log = run / "train.log"
+    return [int(s) for s in re.findall(r"resumed from \S+ at step (\d+) \(", log.read_text())] if log.exists() else []
+
+
 @pytest.mark.slow
 def test_torchrun_restarts_after_sigkill_and_kill_inside_checkpoint_write(tiny_shards: Path, straight_ddp: Path, tmp_path: Path) -> None:
     """Attempt 0: rank 1 gets SIGKILL after a checkpoint. Attempt 1: rank 0 dies inside its first
     checkpoint write. Attempt 2 finishes, with weights bit-identical to the undisturbed run."""
     run, marker = tmp_path / "restarts", tmp_path / "killed_in_write"
-    env = {**ENV, "PYTHONPATH": str(INJECT), "SHARDGAN_KILL_IN_WRITE": "1", "SHARDGAN_KILL_MARKER": str(marker)}
-    args = torchrun_args(tiny_shards, run)
-    args.insert(args.index("-m"), "--max-restarts=3")
-    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    proc = start_restarting(tiny_shards, run, marker, SHARDGAN_KILL_IN_WRITE="1")
     wait_for(lambda: checkpoint_exists(run, 5), proc)
     os.kill(worker_pids(proc.pid)[1], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert_finished_exact(proc, run, straight_ddp, resumes=2)
     assert marker.exists(), "rank 0 was not killed inside a checkpoint write"
-    assert (run / "train.log").read_text().count("resumed from") == 2
-    assert not list((run / "checkpoints").glob(".*.tmp"))
-    assert_same_final(straight_ddp, run)
+
+
+def kill_plan(attempt: int) -> list[tuple[str, int, int, float]]:
+    """One or two kills, seeded by `attempt`: the i-th lands in restart i as (where, rank, n, delay_s).
+    "write": rank 0 is held inside its n-th checkpoint write of that restart and `rank` dies there;
+    "between": `rank` dies `delay_s` after the n-th checkpoint of that restart (at most 3 steps on)."""
+    rng = random.Random(attempt)
+    kills = rng.randint(1, 2)
+    return [(rng.choice(["between", "write"]), rng.randrange(2), rng.randint(1, 3 - i), rng.uniform(0.0, 0.3)) for i in range(kills)]
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("attempt", range(10))
+def test_sigkill_random_rank_at_random_moments_soak(tiny_shards: Path, straight_ddp: Path, tmp_path: Path, attempt: int) -> None:
+    """torchrun restarts the group after each kill; the run ends bit-identical to the undisturbed one."""
+    run, marker = tmp_path / "soak", tmp_path / "held_in_write"
+    kills = kill_plan(attempt)
+    pauses = " ".join(f"{restart}:{n}" for restart, (where, _, n, _) in enumerate(kills) if where == "write")
+    proc = start_restarting(tiny_shards, run, marker, SHARDGAN_PAUSE_IN_WRITE=pauses)
+    for restart, (where, rank, n, delay_s) in enumerate(kills):
+        wait_for(lambda: len(resumed_steps(run)) == restart, proc)
+        if where == "write":
+            wait_for(marker.exists, proc)
+        else:
+            start = resumed_steps(run)[-1] if restart else 0
+            wait_for(lambda: checkpoint_exists(run, start + 5 * n), proc)
+            time.sleep(delay_s)
+        os.kill(worker_pids(proc.pid)[rank], signal.SIGKILL)
+        marker.unlink(missing_ok=True)  # a rank 0 held in its write, if alive, finishes it
+    assert_finished_exact(proc, run, straight_ddp, resumes=len(kills))
 
 
 def send_when(run: Path, step: int, signum: int) -> threading.Thread:
