@@ -136,9 +136,6 @@ def eval_cmd(
     typer.echo(json.dumps(evaluate_run(run_dir, checkpoint, overrides, best=best)))
 
 
-# -- commands are added above this line, one function each, calling into the library --
-
-
 def main() -> None:
     """Console-script entry: user errors print one line (`error: ...`) and exit non-zero."""
     try:
