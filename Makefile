@@ -44,7 +44,9 @@ $(DEMO_STAMP): pyproject.toml $(STAMP)
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak
 
+# litdata (the `bench` extra) is the peer the benchmarks compare against.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) tools/bench_pack.py
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_train.py

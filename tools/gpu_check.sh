@@ -29,14 +29,18 @@ head -15 "$OUT/nvidia-smi.txt"
 nproc
 
 note "python environment"
-VENV="$WORK/venv"
-if python3 -m venv --system-site-packages "$VENV"; then
-  PY="$VENV/bin/python"
-  "$PY" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | tail -5
-else  # no venv module: the system python, as the pip of the image allows
+# The lent GPU machines reach no package registry: use their python3 (it holds a CUDA torch) and
+# the pure-python wheels it lacks (webdataset, braceexpand, torchinfo), carried in .whl/ (see the
+# device notes: `pip download --no-deps --only-binary=:all: ... -d .whl webdataset==1.0.2
+# braceexpand torchinfo==1.8.0`). Elsewhere, a venv and `pip install -e .`.
+if compgen -G ".whl/*.whl" > /dev/null; then
   PY=python3
-  "$PY" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | tail -5 \
-    || "$PY" -m pip install --quiet --disable-pip-version-check --break-system-packages -e . 2>&1 | tail -5
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl
+  export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+else
+  VENV="$WORK/venv"
+  python3 -m venv --system-site-packages "$VENV" && PY="$VENV/bin/python" || PY=python3
+  "$PY" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | tail -5
 fi
 "$PY" - <<'EOF' | tee "$OUT/versions.txt"
 import torch, torchvision
