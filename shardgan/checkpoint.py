@@ -32,10 +32,10 @@ VERSION = 1
 
 # Named keys of the state dict (torchtitan-style constants, so readers and writers agree).
 G, D, EMA = "G", "D", "EMA"
-OPT_G, OPT_D, SCALER = "opt_G", "opt_D", "scaler"
-STEP, EPOCH, WORLD_SIZE = "step", "epoch", "world_size"
+OPT_G, OPT_D = "opt_G", "opt_D"
+STEP, WORLD_SIZE = "step", "world_size"
 LOADER, RNG, CONFIG, FIXED_NOISE = "loader", "rng", "config", "fixed_noise"
-REQUIRED = (G, D, OPT_G, OPT_D, STEP, EPOCH, WORLD_SIZE, LOADER, RNG, CONFIG, FIXED_NOISE)
+REQUIRED = (G, D, OPT_G, OPT_D, STEP, WORLD_SIZE, LOADER, RNG, CONFIG, FIXED_NOISE)
 
 PREFIX = "step_"
 
@@ -76,15 +76,46 @@ def save(directory: Path, step: int, state: dict[str, Any], keep_last: int) -> P
             path.unlink(missing_ok=True)
         previous = next((p.name for p in list_checkpoints(directory) if p != path), "none")
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (previous checkpoint kept: {previous})") from e
-    for old in list_checkpoints(directory)[keep_last:]:
+    prune(directory, keep_last, path)
+    return path
+
+
+def is_complete(path: Path) -> bool:
+    """A .pt whose .json was written: the write finished (whether the bytes still match is load's to say)."""
+    return _meta_path(path).exists()
+
+
+def prune(directory: Path, keep_last: int, written: Path) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints, and every orphan .pt (a kill
+    between the .pt and its .json: it can never load). Only complete ones count, and neither the
+    newest complete one nor `written` is ever deleted. Returns what was deleted."""
+    paths = list_checkpoints(directory)
+    complete = [p for p in paths if is_complete(p)]
+    keep = {written, *complete[: max(keep_last, 1)]}
+    doomed = [p for p in paths if p not in keep]
+    for old in doomed:
         _meta_path(old).unlink(missing_ok=True)  # metadata first: a half-deleted checkpoint never counts
         old.unlink(missing_ok=True)
-    return path
+    return doomed
+
+
+def move_newer_aside(directory: Path, step: int, destination: Path) -> list[Path]:
+    """Move every checkpoint (and its .json) past `step` into `destination`: a resume from `step`
+    abandons them, and nothing may later prefer them over the resumed timeline."""
+    newer = [p for p in list_checkpoints(directory) if _step_of(p) > step] if directory.is_dir() else []
+    for path in newer:
+        destination.mkdir(parents=True, exist_ok=True)
+        for f in (_meta_path(path), path):  # metadata first, as in prune
+            if f.exists():
+                f.rename(destination / f.name)
+    return newer
 
 
 def load_file(path: Path) -> dict[str, Any]:
     """Load one checkpoint after checking its metadata, size and sha256; CheckpointError says why not."""
     meta_path = _meta_path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         meta = json.loads(meta_path.read_text())
         data = path.read_bytes()
@@ -106,6 +137,11 @@ def load_file(path: Path) -> dict[str, Any]:
     return state
 
 
+def digest(path: Path) -> str:
+    """The sha256 recorded for a checkpoint: equal digests, equal bytes (ranks compare them)."""
+    return json.loads(_meta_path(path).read_text())["sha256"]
+
+
 def load_newest(directory: Path) -> tuple[dict[str, Any], Path] | None:
     """The newest checkpoint that loads, warning by name about each newer one that does not.
 
@@ -122,6 +158,16 @@ def load_newest(directory: Path) -> tuple[dict[str, Any], Path] | None:
     if paths:
         raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(reasons))
     return None
+
+
+def load_given_or_newest(directory: Path, path: Path | None = None) -> tuple[dict[str, Any], Path]:
+    """`path` if given, else the newest loadable checkpoint in `directory` (generate, eval)."""
+    if path is not None:
+        return load_file(path), path
+    found = load_newest(directory)
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {directory}")
+    return found
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:

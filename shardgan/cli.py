@@ -89,14 +89,15 @@ def inspect_cmd(
 def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: random 4-char ID)"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: the config file's name)"),
     allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Resume despite a batch/world/image size change"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit"),
 ) -> None:
-    """Train a DCGAN (one process; for DDP use `torchrun -m shardgan.train` with the same arguments)."""
+    """Train a DCGAN (one process; for DDP use `torchrun -m shardgan.train` with the same arguments).
+    Exits 75 when a signal stopped it after its checkpoint: rerun the same command to resume."""
     from .train import launch
 
-    launch(config, overrides or [], run_name=run_name, allow_config_change=allow_config_change, dry_run=dry_run)
+    raise typer.Exit(launch(config, overrides or [], run_name=run_name, allow_config_change=allow_config_change, dry_run=dry_run))
 
 
 @app.command("generate")

@@ -133,7 +133,8 @@ class CheckpointConfig:
 class RunConfig:
     root: str = "runs"
     name: str = ""
-    """Run directory name under root; empty: a random 4-character ID like the seed's."""
+    """Run directory name under root; empty: the config file's name (configs/gc7m.toml -> gc7m),
+    or "default" without one, so rerunning the same command resumes the same run."""
 
 
 @dataclass
@@ -237,7 +238,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
         _merge(raw, table, str(path))
     _merge(raw, parse_overrides(overrides or []), "command line")
-    return build_config(raw)
+    cfg = build_config(raw)
+    if not cfg.run.name:
+        cfg.run.name = path.stem if path is not None else "default"
+    return cfg
 
 
 def config_from_dict(table: dict[str, dict[str, Any]], origin: str = "checkpoint") -> Config:

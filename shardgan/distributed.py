@@ -7,9 +7,7 @@ the others waiting in a collective forever.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,23 +65,8 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def launch_id() -> str | None:
-    """torchrun's rendezvous id: the same for every rank and across --max-restarts restarts."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    return run_id if run_id and run_id != "none" else None
-
-
 def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-
-
-def run_id(length: int = 4) -> str:
-    """A run ID like the seed's (4 characters): derived from torchrun's id so restarts find the
-    same run directory, random when launched alone."""
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    source = launch_id()
-    raw = hashlib.sha256(source.encode()).digest() if source else secrets.token_bytes(length)
-    return "".join(alphabet[b % len(alphabet)] for b in raw[:length])
 
 
 def agree_any(flags: list[bool], device: torch.device) -> list[bool]:

@@ -8,7 +8,6 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import config_from_dict
-from .errors import CheckpointError
 from .models import Generator, plan_layout
 from .rundir import RunDir
 from .viz import save_grid
@@ -16,13 +15,11 @@ from .viz import save_grid
 
 def load_generator(run: RunDir, checkpoint: Path | None = None) -> Generator:
     """The EMA generator (G if the run kept no EMA) of `checkpoint` or the run's newest valid one."""
-    if checkpoint is not None:
-        state = ckpt.load_file(checkpoint)
-    else:
-        found = ckpt.load_newest(run.checkpoints)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {run.checkpoints}")
-        state = found[0]
+    state, _ = ckpt.load_given_or_newest(run.checkpoints, checkpoint)
+    return generator_from_state(state)
+
+
+def generator_from_state(state: dict) -> Generator:
     cfg = config_from_dict(state[ckpt.CONFIG]).model
     gen = Generator(cfg, plan_layout(cfg.width, cfg.height))
     gen.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])

@@ -33,6 +33,7 @@ from .errors import CorruptSampleError, DataError
 from .manifest import Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest
 from .plan import RankPlan, epoch_order
 from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_sample
+from .stop import blocked, ignore_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +374,7 @@ class ShardLoader:
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
             persistent_workers=False,  # fresh workers per iterator pick up a restored position
+            worker_init_fn=ignore_in_worker if workers > 0 else None,  # preemption is the trainer's to handle
         )
 
     def _plan(self) -> RankPlan:
@@ -393,7 +395,9 @@ class ShardLoader:
         """The rest of the current epoch; afterwards epoch += 1 and samples_seen = 0."""
         self._dataset.epoch, self._dataset.samples_seen = self.epoch, self.samples_seen
         self._dataset.order(self.epoch)  # computed once here; forked workers inherit it
-        for item in self._dataloader:
+        with blocked():  # workers are forked here
+            batches = iter(self._dataloader)
+        for item in batches:
             if "error" in item:
                 raise item["error"]
             self._note_corrupt(item.pop("corrupt"))

@@ -292,25 +292,18 @@ def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides
     point data.shards elsewhere."""
     from . import checkpoint as ckpt
     from .config import config_from_dict, parse_overrides
-    from .generate import load_generator
+    from .generate import generator_from_state
     from .rundir import RunDir, append_metrics
 
     run = RunDir(Path(run_root))
     if not run.root.is_dir():
         raise CheckpointError(f"run directory not found: {run.root}")
-    if checkpoint is None:
-        directory = run.best_checkpoints if best else run.checkpoints
-        found = ckpt.load_newest(directory)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in {directory}")
-        state, checkpoint = found
-    else:
-        state = ckpt.load_file(checkpoint)
+    state, checkpoint = ckpt.load_given_or_newest(run.best_checkpoints if best else run.checkpoints, checkpoint)
     table = state[ckpt.CONFIG]
     for section, values in parse_overrides(overrides or []).items():
         table.setdefault(section, {}).update(values)
     cfg = config_from_dict(table, f"{checkpoint} + command line")
-    generator = load_generator(run, checkpoint)
+    generator = generator_from_state(state)
     scores = {"step": state[ckpt.STEP], "checkpoint": str(checkpoint), **evaluate_generator(generator, cfg, torch.device("cpu"))}
     append_metrics(run.eval_metrics, scores)
     return scores

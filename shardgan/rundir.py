@@ -1,8 +1,13 @@
-"""Every output path of a run, in one place: `runs/<ID or run.name>/...`."""
+"""Every output path of a run, in one place (`runs/<run.name>/...`), and its log files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import logging.handlers
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,15 @@ class RunDir:
         return self.checkpoints / "best"
 
     @property
+    def rollback(self) -> Path:
+        """The checkpoint an explicit checkpoint.resume=PATH rolled this run back to (path + sha256)."""
+        return self.checkpoints / "rollback.json"
+
+    def abandoned(self, stamp: str) -> Path:
+        """Where a rollback moves the checkpoints and metrics past the resumed step."""
+        return self.checkpoints / f"abandoned-{stamp}"
+
+    @property
     def swd_curve(self) -> Path:
         return self.root / "swd_curve.png"
 
@@ -69,10 +83,6 @@ class RunDir:
     def create(self) -> None:
         for d in (self.root, self.samples, self.checkpoints):
             d.mkdir(parents=True, exist_ok=True)
-
-
-def run_dir(root: str | Path, name: str) -> RunDir:
-    return RunDir(Path(root) / name)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
@@ -98,3 +108,40 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if path.exists():
         kept = [r for r in read_metrics(path) if r["step"] <= last_step]
         write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+@contextlib.contextmanager
+def logging_setup(is_main: bool) -> Iterator[Callable[[RunDir], None]]:
+    """stderr on every rank (rank > 0: warnings only). On rank 0, records are held in memory until
+    the run directory exists (a refused start writes nothing), then they and all later ones go to
+    train.log: call the yielded function with the run directory."""
+    log = logging.getLogger("shardgan")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stderr)
+    held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
+    handlers: list[logging.Handler] = [stream, held] if is_main else [stream]
+
+    def to_file(rd: RunDir) -> None:
+        if is_main:
+            file = logging.FileHandler(rd.log)
+            file.setFormatter(fmt)
+            held.setTarget(file)
+            held.flush()
+            log.removeHandler(held)
+            log.addHandler(file)
+            handlers.append(file)
+
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    log.propagate = False
+    try:
+        yield to_file
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        log.setLevel(level)
+        log.propagate = propagate

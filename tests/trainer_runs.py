@@ -27,7 +27,7 @@ CONFIG = ROOT / "configs" / "tiny.toml"
 STEPS = 40
 """15 batches per epoch: 40 steps cross two epoch ends, and stops mid-epoch."""
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TORCHRUN = [str(Path(PYTHON).parent / "torchrun"), "--standalone", "--nproc_per_node=2"]
+TORCHRUN = [str(Path(PYTHON).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "--signals_to_handle=SIGTERM,SIGINT,SIGUSR1"]
 COMPARED = (ckpt.G, ckpt.D, ckpt.EMA, ckpt.OPT_G, ckpt.OPT_D, ckpt.STEP, ckpt.LOADER, ckpt.FIXED_NOISE)
 
 
@@ -106,6 +106,17 @@ def wait_for(predicate, proc: subprocess.Popen, timeout_s: float = 120.0) -> Non
 
 def checkpoint_exists(run: Path, step: int) -> bool:
     return (run / "checkpoints" / f"step_{step:08d}.json").exists()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (torchrun, its workers, their DataLoader workers)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pids[i]}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return pids
 
 
 def worker_pids(torchrun_pid: int) -> dict[int, int]:

@@ -38,10 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shardgan import distributed as D  # noqa: E402
-from shardgan import train as T  # noqa: E402
+from shardgan import trainer as T  # noqa: E402
+from shardgan.loader import ShardLoader  # noqa: E402
+from shardgan.resume import save_checkpoint  # noqa: E402
+from shardgan.train import train_step  # noqa: E402
 from shardgan.config import CheckpointConfig, load_config  # noqa: E402
 from shardgan.manifest import Manifest, SplitInfo  # noqa: E402
-from shardgan.rundir import run_dir  # noqa: E402
+from shardgan.rundir import RunDir  # noqa: E402
 from shardgan.shards import Sample, encode_image, sample_key, write_shard  # noqa: E402
 
 
@@ -64,13 +67,13 @@ def write_dataset(directory: Path, num_samples: int, shard_size: int, width: int
     Manifest(width, height, 3, image_format, {"train": SplitInfo(infos)}, num_inputs=len(infos) * shard_size, root=directory).write(directory)
 
 
-def real_batches(loader: T.ShardLoader) -> Iterator[torch.Tensor]:
+def real_batches(loader: ShardLoader) -> Iterator[torch.Tensor]:
     while True:
         for batch in loader:
             yield batch["image"]
 
 
-def synthetic_batches(loader: T.ShardLoader, count: int) -> Iterator[torch.Tensor]:
+def synthetic_batches(loader: ShardLoader, count: int) -> Iterator[torch.Tensor]:
     """`count` real batches held in memory (pinned on CUDA, like the loader's), cycled."""
     held = [b for _, b in zip(range(count), real_batches(loader))]
     held = [b.pin_memory() if torch.cuda.is_available() else b for b in held]
@@ -81,23 +84,23 @@ def synthetic_batches(loader: T.ShardLoader, count: int) -> Iterator[torch.Tenso
 def steps_per_s(t: T.Trainer, batches: Iterator[torch.Tensor], warmup: int, steps: int) -> float:
     sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        T.train_step(t, next(batches))
+        train_step(t, next(batches))
     sync()
     start = time.perf_counter()
     for _ in range(steps):
-        T.train_step(t, next(batches))
+        train_step(t, next(batches))
         t.step += 1
     sync()
     return steps / (time.perf_counter() - start)
 
 
-def checkpoint_s(t: T.Trainer, loader: T.ShardLoader, directory: Path, repeats: int) -> float:
-    rd = run_dir(directory, "bench")
+def checkpoint_s(t: T.Trainer, loader: ShardLoader, directory: Path, repeats: int) -> float:
+    rd = RunDir(directory / "bench")
     rd.create()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        T.save_checkpoint(t, loader, rd)
+        save_checkpoint(t, loader, rd)
         times.append(time.perf_counter() - start)
         t.step += 1
     return statistics.median(times)

@@ -24,6 +24,7 @@ import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan import train as train_module
+from shardgan.stop import EXIT_STOPPED
 from tests.trainer_runs import (
     ENV,
     STEPS,
@@ -127,7 +128,7 @@ def send_when(run: Path, step: int, signum: int) -> threading.Thread:
 def test_preemption_signal_checkpoints_and_resume_is_exact(tiny_shards: Path, straight: Path, tmp_path: Path, signum: int) -> None:
     run = tmp_path / "signal"
     watcher = send_when(run, 5, signum)
-    assert train_inprocess(tiny_shards, run) == 0
+    assert train_inprocess(tiny_shards, run) == EXIT_STOPPED
     watcher.join()
     assert 5 < newest_step(run) < STEPS
     assert train_inprocess(tiny_shards, run) == 0
@@ -210,7 +211,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_shards: Path,
         (["model.width=32"], "but the shards in"),
         (["data.batch_size=500"], "is larger than"),
         (["data.shards=/nonexistent/shards"], "/nonexistent/shards"),
-        (["checkpoint.resume=/nonexistent/step_00000001.pt"], "incomplete"),
+        (["checkpoint.resume=/nonexistent/step_00000001.pt"], "checkpoint not found: /nonexistent/step_00000001.pt"),
     ],
     ids=["unknown-key", "wrong-type", "unbuildable-size", "size-mismatch", "batch-too-large", "missing-shards", "missing-checkpoint"],
 )

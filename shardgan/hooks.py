@@ -1,0 +1,167 @@
+"""The duties of a step boundary: agree on stop/finite/time, log, samples, evaluation, and one
+save path (`maybe_checkpoint`) for steps, minutes, epoch ends, signals and the last step.
+
+Every decision that makes ranks take a branch (stop, non-finite loss, time to save) is
+agreed by all-reduce first, so all ranks save and stop at the same step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchinfo import summary
+from tqdm import tqdm
+
+from . import distributed as dist
+from .atomic import write_bytes_atomic
+from .config import to_toml
+from .errors import ConfigError, NonFiniteLossError, ShardganError
+from .loader import ShardLoader
+from .quality import Evaluator
+from .resume import save_checkpoint
+from .rundir import RunDir, append_metrics, read_metrics
+from .stop import StopFlag
+from .trainer import Trainer, total_steps
+from .viz import save_curve, save_grid, save_loss_curve
+
+log = logging.getLogger("shardgan")
+
+
+@dataclass
+class Meter:
+    """Images/s between log lines."""
+
+    images: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.images, self.since = 0, now
+        return rate
+
+
+def prepare_run_dir(t: Trainer, rd: RunDir) -> None:
+    """Rank 0: the run directory, its resolved config and the architecture summary."""
+    rd.create()
+    write_bytes_atomic(rd.config, to_toml(t.cfg).encode())
+    if not rd.architecture.exists():
+        cfg = t.cfg.model
+        g_sum = summary(copy.deepcopy(t.g), input_size=(2, cfg.nz, 1, 1), device=t.device, verbose=0, depth=2)
+        d_sum = summary(copy.deepcopy(t.d), input_size=(2, cfg.channels, cfg.height, cfg.width), device=t.device, verbose=0, depth=2)
+        write_bytes_atomic(rd.architecture, f"Generator\n{g_sum}\n\nDiscriminator\n{d_sum}\n".encode())
+
+
+def save_samples(t: Trainer, path: Path) -> None:
+    """Grid from the fixed noise through the EMA generator (or G), in eval mode: no state changes."""
+    model = t.sampler
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), t.autocast():
+        images = model(t.fixed_noise.to(t.device))
+    model.train(was_training)
+    save_grid(images.float(), path, nrow=8)
+
+
+def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
+    """Rank 0's SWD reference on the val split (None elsewhere, or without a val split); a failure
+    to build it (e.g. a missing eval.fid_weights file) stops every rank."""
+    val = loader.manifest.splits.get("val")
+    if not val or not val.shards:
+        if t.dist.is_main:
+            log.warning("no val split in %s: SWD evaluation is skipped (pack with --val to get one)", t.cfg.data.shards)
+        return None
+    evaluator, error = None, ""
+    if t.dist.is_main:
+        try:
+            evaluator = Evaluator.build(t.cfg, t.device)
+        except ShardganError as e:
+            error = str(e)
+    if not dist.agree_all(not error, t.device):
+        raise ConfigError(error or "evaluation set-up failed on rank 0 (see its log)")
+    return evaluator
+
+
+class Hooks:
+    """Per-step duties of one run, and the bookkeeping they share (last save, meter, evaluator)."""
+
+    def __init__(self, t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag, bar: tqdm):
+        self.t, self.loader, self.rd, self.stop, self.bar = t, loader, rd, stop, bar
+        self.total = total_steps(t.cfg, loader)
+        self.meter = Meter()
+        self.saved_step = t.step
+        """The newest step on disk (a resumed one is not written again)."""
+        self.saved_at = time.monotonic()
+        self.evaluator = build_evaluator(t, loader)
+
+    def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
+        """Agree on stop/finite/time (one all-reduce), log, samples, eval, checkpoint. True: stop now."""
+        t, cfg = self.t, self.t.cfg
+        every_s = 60 * cfg.checkpoint.every_minutes
+        bad_step = t.finite.push(t.step, stats)
+        flags = [self.stop.signum is not None, bad_step is not None, every_s > 0 and time.monotonic() - self.saved_at >= every_s]
+        stopped, not_finite, time_due = dist.agree_any(flags, t.device)
+        if not_finite:
+            self.raise_non_finite(bad_step)
+        if t.dist.is_main and t.step % cfg.train.log_every_steps == 0:
+            self.log_metrics(stats, epoch)
+        if t.dist.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
+            save_samples(t, self.rd.sample(t.step))
+        if t.step == self.total or (cfg.eval.every_steps and t.step % cfg.eval.every_steps == 0):
+            self.evaluate()
+        every = cfg.checkpoint.every_steps
+        self.maybe_checkpoint(stopped or time_due or t.step == self.total or (every > 0 and t.step % every == 0))
+        return stopped
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
+        log.info("epoch %d done at step %d", epoch, self.t.step)
+        if self.t.dist.is_main:
+            save_samples(self.t, self.rd.sample(self.t.step))
+            save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
+        self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)
+
+    def maybe_checkpoint(self, due: bool, *, best: bool = False) -> None:
+        """The one save path (collective): never a step twice, never weights a non-finite step
+        made (on CUDA the newest flag is read now), and the minutes timer restarts at any save."""
+        if not due or (self.t.step == self.saved_step and not best):
+            return
+        bad_step = self.t.finite.now()
+        if dist.agree_any([bad_step is not None], self.t.device)[0]:
+            self.raise_non_finite(bad_step)
+        save_checkpoint(self.t, self.loader, self.rd, best=best)
+        self.saved_at = time.monotonic()
+        if not best:
+            self.saved_step = self.t.step
+
+    def evaluate(self) -> None:
+        """SWD of the sampler on rank 0 (the others wait a few seconds): logged to metrics.jsonl and
+        plotted; a new lowest SWD also saves a full checkpoint into checkpoints/best/."""
+        t, rd = self.t, self.rd
+        best = False
+        if self.evaluator is not None:
+            scores = self.evaluator(t.sampler)
+            earlier = [r["swd"] for r in read_metrics(rd.metrics) if "swd" in r and r["step"] < t.step]
+            best = not earlier or scores["swd"] < min(earlier)
+            append_metrics(rd.metrics, {"step": t.step, **scores})
+            save_curve(read_metrics(rd.metrics), ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
+            log.info("step %d: swd %.2f%s", t.step, scores["swd"], " (lowest so far)" if best else "")
+        self.maybe_checkpoint(dist.broadcast_from_main(best), best=True)
+
+    def log_metrics(self, stats: dict[str, torch.Tensor], epoch: int) -> None:
+        t = self.t
+        record = {"step": t.step, "epoch": epoch, **{k: round(v.item(), 6) for k, v in stats.items()}}
+        record["images_per_s"] = round(self.meter.rate(), 1)
+        record["lr"] = t.opt_g.param_groups[0]["lr"]
+        append_metrics(self.rd.metrics, record)
+        self.bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}")
+        log.debug("%s", record)
+
+    def raise_non_finite(self, bad_step: int | None) -> None:
+        where = f"at step {bad_step}" if bad_step is not None else f"on another rank by step {self.t.step}"
+        raise NonFiniteLossError(f"non-finite loss {where}; the run stops and the last good checkpoint in {self.rd.checkpoints} is kept")

@@ -1,0 +1,92 @@
+"""Preemption signals: the trainer catches them, DataLoader workers ignore them.
+
+A cluster stops a job by signalling its whole process group (torchrun does so for each
+worker, SLURM for each job step), so DataLoader workers receive SIGTERM too. A worker that
+dies of it takes the batch in flight with it and the trainer fails before its stop
+checkpoint. So workers are forked with the stop signals blocked, set them to SIG_IGN
+first thing, and are stopped by their parent when the trainer's loop ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+EXIT_STOPPED = 75
+"""Exit code of a run stopped by a signal after writing its checkpoint: EX_TEMPFAIL of
+sysexits.h ("temporary failure, try again"), so `&&` chains stop and job scripts can requeue."""
+
+
+REPEAT_WINDOW_S = 2.0
+"""Copies of one stop request arrive within milliseconds (a job-wide signal plus torchrun forwarding it)."""
+
+
+class StopFlag:
+    """Set by a stop signal; the loop stops at the next step boundary, all ranks at the same step.
+
+    A second SIGINT, later than REPEAT_WINDOW_S after the first, interrupts at once, for a user
+    who really means it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._at = 0.0
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum, self._at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._at > REPEAT_WINDOW_S:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def blocked() -> Iterator[None]:
+    """Hold the stop signals while child processes are forked: children inherit the blocked mask
+    (so none can die of a signal before `ignore_in_worker` runs); the parent gets them afterwards."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def ignore_in_worker(worker_id: int = 0) -> None:
+    """DataLoader `worker_init_fn`: ignore the stop signals (pending ones are dropped), then unblock."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def launch_command() -> str:
+    """The command line that started this run, to print as the way to resume it: torchrun's own
+    when this is one of its workers, else this process's (`shardgan train ...`, `python -m ...`)."""
+    pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    if len(argv) > 1 and Path(argv[0]).name.startswith("python") and Path(argv[1]).name in ("torchrun", "shardgan"):
+        argv = [Path(argv[1]).name, *argv[2:]]  # a console script run by its interpreter
+    elif argv and Path(argv[0]).name.startswith("python"):
+        argv[0] = "python"
+    return shlex.join(argv)

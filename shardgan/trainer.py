@@ -1,0 +1,146 @@
+"""What is trained: G, D, their EMA and optimizers, the fixed sample noise, and the derived
+generators every random draw of a step comes from (so no draw depends on history)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Config
+from .distributed import DistInfo
+from .errors import ConfigError
+from .loader import ShardLoader
+from .models import EMA, build_models
+
+NOISE, AUGMENT, FIXED_NOISE = 0, 1, 2
+"""Streams of the derived generators: per-step latent noise, per-step augmentation, sample noise."""
+NUM_FIXED_NOISE = 64
+
+
+def derived_generator(seed: int, *key: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for (seed, *key), e.g. (train.seed, rank, step, stream). On the training
+    device, so per-step draws need no host-to-device copies."""
+    state = np.random.SeedSequence([seed, *key]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state >> np.uint64(1)))
+
+
+@dataclass
+class FiniteCheck:
+    """Were all losses finite? Read without stalling the GPU: on CUDA the flag of step s is read
+    once step s+1 is queued (one step late); `now()` waits for the newest (before a checkpoint)."""
+
+    lagged: bool
+    pending: tuple[int, torch.Tensor] | None = None
+
+    def push(self, step: int, stats: dict[str, torch.Tensor]) -> int | None:
+        """Record this step's flag; the step of a non-finite loss, if one is known now."""
+        flag = ~(torch.isfinite(stats["loss_d"]) & torch.isfinite(stats["loss_g"]))
+        ready, self.pending = (self.pending, (step, flag)) if self.lagged else ((step, flag), None)
+        return ready[0] if ready is not None and bool(ready[1]) else None
+
+    def now(self) -> int | None:
+        ready, self.pending = self.pending, None
+        return ready[0] if ready is not None and bool(ready[1]) else None
+
+
+@dataclass
+class Trainer:
+    """What is trained and how it is run: raw modules (state dicts), and their run-time wrappers."""
+
+    cfg: Config
+    dist: DistInfo
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: EMA | None
+    fixed_noise: torch.Tensor
+    g_run: nn.Module = field(init=False)
+    """G as trained: compiled and/or DDP-wrapped."""
+    d_run: nn.Module = field(init=False)
+    """D for the D step (DDP-wrapped: its gradients are all-reduced)."""
+    d_frozen: nn.Module = field(init=False)
+    """D for the G step without DDP: only G's gradients are needed there."""
+    finite: FiniteCheck = field(init=False)
+    step: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def sampler(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.g
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return memory_format(self.cfg, self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.cfg.train.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def wrap(self) -> None:
+        """Compile and DDP-wrap after restoring, so every rank starts from the same loaded state."""
+        g, d = self.g, self.d
+        if self.cfg.train.compile:
+            g, d = torch.compile(g), torch.compile(d)
+        self.d_frozen = d
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
+            # the same state and a checkpoint of rank 0 is the state of all.
+            g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
+        self.g_run, self.d_run = g, d
+        self.finite = FiniteCheck(lagged=self.device.type == "cuda")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+
+
+def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA when configured (on CPU it only slows the convolutions)."""
+    return torch.channels_last if cfg.train.channels_last and device.type == "cuda" else torch.contiguous_format
+
+
+def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
+    g, d = build_models(cfg.model, cfg.train.seed)
+    fmt = memory_format(cfg, dist.device)
+    g, d = g.to(dist.device, memory_format=fmt), d.to(dist.device, memory_format=fmt)
+    adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": dist.device.type == "cuda"}
+    fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, FIXED_NOISE))
+    return Trainer(
+        cfg=cfg,
+        dist=dist,
+        g=g,
+        d=d,
+        opt_g=torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, **adam),
+        opt_d=torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam),
+        ema=EMA(g, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
+        fixed_noise=fixed,
+    )
+
+
+def open_loader(cfg: Config, dist: DistInfo) -> ShardLoader:
+    """The loader, after checking the shards hold images of the model's size."""
+    loader = ShardLoader(cfg.data, rank=dist.rank, world_size=dist.world_size)
+    m = loader.manifest
+    if (m.width, m.height, m.channels) != (cfg.model.width, cfg.model.height, cfg.model.channels):
+        raise ConfigError(
+            f"model is {cfg.model.width}x{cfg.model.height}x{cfg.model.channels} but the shards in {cfg.data.shards} "
+            f"are {m.width}x{m.height}x{m.channels}; set model.width/height/channels to match"
+        )
+    return loader
+
+
+def total_steps(cfg: Config, loader: ShardLoader) -> int:
+    return cfg.train.max_steps or cfg.train.epochs * loader.batches_per_epoch
