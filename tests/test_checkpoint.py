@@ -140,3 +140,40 @@ def test_rng_capture_restore() -> None:
     ckpt.restore_rng(state, torch.device("cpu"))
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+def orphan(directory: Path, step: int) -> Path:
+    """A .pt whose .json was never written (a kill between the two)."""
+    ckpt.save(directory, step, fake_state(step), keep_last=100)
+    (directory / f"step_{step:08d}.json").unlink()
+    return directory / ckpt.checkpoint_name(step)
+
+
+def test_pruning_counts_only_complete_checkpoints_and_keeps_the_new_one(tmp_path: Path) -> None:
+    write_steps(tmp_path, [20])
+    orphan(tmp_path, 30)
+    ckpt.save(tmp_path, 25, fake_state(25), keep_last=1)  # resumed from 20 past the orphan 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000025.json", "step_00000025.pt"]
+    assert ckpt.load_newest(tmp_path)[0][ckpt.STEP] == 25
+
+
+def test_pruning_never_deletes_the_newest_complete_or_the_one_written(tmp_path: Path) -> None:
+    write_steps(tmp_path, [10, 40])
+    ckpt.save(tmp_path, 15, fake_state(15), keep_last=1)  # an older step written after a newer one
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000040.pt", "step_00000015.pt"]
+
+
+def test_move_newer_aside_takes_orphans_and_complete_ones(tmp_path: Path) -> None:
+    write_steps(tmp_path, [10, 20])
+    orphan(tmp_path, 30)
+    moved = ckpt.move_newer_aside(tmp_path, 10, tmp_path / "aside")
+    assert sorted(p.name for p in moved) == ["step_00000020.pt", "step_00000030.pt"]
+    assert sorted(p.name for p in (tmp_path / "aside").iterdir()) == ["step_00000020.json", "step_00000020.pt", "step_00000030.pt"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000010.pt"]
+
+
+def test_missing_checkpoint_is_not_found_not_incomplete(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=f"checkpoint not found: {tmp_path / 'nope.pt'}"):
+        ckpt.load_file(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        ckpt.load_file(orphan(tmp_path, 3))

@@ -1,0 +1,136 @@
+"""Resume policy: pruning that cannot lose the run, rollbacks, the same command resuming, one
+checkpoint for all ranks, and what a resumed run may change."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shardgan import checkpoint as ckpt
+from shardgan.config import Config
+from shardgan.resume import CHANGE_POLICY
+from shardgan.rundir import read_metrics
+from shardgan.stop import EXIT_STOPPED
+from tests.conftest import PYTHON, ROOT
+from tests.trainer_runs import CONFIG, ENV, STEPS, TORCHRUN, assert_same_final, checkpoint_exists, newest, train_inprocess, wait_for
+
+
+def steps_on_disk(run: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in ckpt.list_checkpoints(run / "checkpoints")]
+
+
+def test_orphan_checkpoint_under_keep_last_1_loses_nothing(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
+    run = tmp_path / "orphan"
+    assert train_inprocess(tiny_shards, run, "train.max_steps=20", "checkpoint.keep_last=1") == 0
+    # a run that got further was killed between step 30's .pt and its .json
+    shutil.copy(run / "checkpoints" / "step_00000020.pt", run / "checkpoints" / "step_00000030.pt")
+    assert train_inprocess(tiny_shards, run, "train.max_steps=25", "checkpoint.keep_last=1") == 0
+    assert steps_on_disk(run) == [25]
+    assert train_inprocess(tiny_shards, run, "checkpoint.keep_last=1") == 0
+    assert steps_on_disk(run) == [STEPS]
+    assert_same_final(straight, run)
+
+
+def test_rollback_moves_newer_aside_and_the_same_command_does_not_repeat_it(
+    tiny_shards: Path, straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = tmp_path / "rollback"
+    shutil.copytree(straight, run)
+    target = run / "checkpoints" / "step_00000030.pt"
+    assert train_inprocess(tiny_shards, run, f"checkpoint.resume={target}") == 0
+    assert "moved the newer step_00000040.pt, step_00000035.pt aside into" in capsys.readouterr().err
+    (aside,) = (run / "checkpoints").glob("abandoned-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["metrics.jsonl", *(f"step_000000{s}.{e}" for s in (35, 40) for e in ("json", "pt"))]
+    assert [r["step"] for r in read_metrics(aside / "metrics.jsonl")] == [35, 40]
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(5, STEPS + 1, 5))  # one history, no repeats
+    assert_same_final(straight, run)  # 30 -> 40 redone bit-exactly
+
+    assert train_inprocess(tiny_shards, run, f"checkpoint.resume={target}") == 0  # e.g. rerun after a preemption
+    assert f"already at step {STEPS} of {STEPS}" in capsys.readouterr().err
+    assert len(list((run / "checkpoints").glob("abandoned-*"))) == 1
+
+
+def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
+    """No run.name: the run is named after the config file, and the stop message prints the command."""
+    args = ["-m", "shardgan.train", "--config", str(CONFIG), f"data.shards={tiny_shards}", f"run.root={tmp_path}", f"train.max_steps={STEPS}"]
+    args += ["checkpoint.every_steps=5", "train.sample_every_steps=10"]
+    run = tmp_path / CONFIG.stem
+    proc = subprocess.Popen([PYTHON, *args], env=ENV, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: checkpoint_exists(run, 5), proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
+    assert f"resume with: {shlex.join(['python', *args])}\n" in stderr
+    done = subprocess.run([PYTHON, *args], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"resumed from \S+ at step \d+ \(", done.stderr)
+    assert_same_final(straight, run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_rank_that_cannot_read_rank0s_checkpoint_stops_every_rank(tiny_shards: Path, tmp_path: Path) -> None:
+    """Two 'nodes' (one torchrun each, own working directory) with a node-local run.root=runs:
+    only node 0 holds the checkpoint, so rank 1 must not silently start from step 0."""
+    port = free_port()
+
+    def nodes(max_steps: int) -> list[subprocess.CompletedProcess]:
+        procs = []
+        for rank in range(2):
+            cwd = tmp_path / f"node{rank}"
+            cwd.mkdir(exist_ok=True)
+            args = [TORCHRUN[0], "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+            args += ["-m", "shardgan.train", "--config", str(CONFIG), f"data.shards={tiny_shards}", "run.root=runs", "run.name=local"]
+            args += ["data.batch_size=4", f"train.max_steps={max_steps}", "checkpoint.every_steps=5"]
+            procs.append(subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        return [subprocess.CompletedProcess(p.args, p.wait(timeout=180), "", p.stderr.read()) for p in procs]
+
+    assert [done.returncode for done in nodes(10)] == [0, 0]
+    assert checkpoint_exists(tmp_path / "node0" / "runs" / "local", 10)
+    second = nodes(20)
+    line = "error: rank 1 cannot resume from runs/local/checkpoints/step_00000010.pt, the checkpoint rank 0 chose: checkpoint not found"
+    for done in second:
+        assert done.returncode != 0 and line in done.stderr, done.stderr[-3000:]
+    assert steps_on_disk(tmp_path / "node0" / "runs" / "local") == [10, 5]
+
+
+def test_changed_learning_rate_is_applied_with_a_warning(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "lr"
+    assert train_inprocess(tiny_shards, run, "train.max_steps=20") == 0
+    assert train_inprocess(tiny_shards, run, "optim.lr_g=0.001", "optim.beta1=0.0") == 0
+    err = capsys.readouterr().err
+    assert "changed optim.lr_g (0.0002 -> 0.001), optim.beta1 (0.5 -> 0.0): applied" in err and "not bit-exact from here" in err
+    group = newest(run)[ckpt.OPT_G]["param_groups"][0]
+    assert group["lr"] == 0.001 and group["betas"] == (0.0, 0.999)
+    assert [r["lr"] for r in read_metrics(run / "metrics.jsonl") if r["step"] > 20] == [0.001] * 4
+
+
+def test_changed_loss_is_refused_with_one_line_and_nothing_changes(tiny_shards: Path, straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "loss"
+    shutil.copytree(straight, run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert train_inprocess(tiny_shards, run, "model.loss=hinge", "train.max_steps=50") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "model.loss (bce -> hinge)" in err and "run.name=NEW" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_every_config_key_has_a_resume_policy_and_the_readme_table_states_it() -> None:
+    keys = {f"{section}.{key}" for section, table in Config().to_dict().items() for key in table}
+    assert set(CHANGE_POLICY) == keys
+    readme = (ROOT / "README.md").read_text()
+    table = dict(re.findall(r"^ *\| `([a-z_]+\.[a-z_0-9]+)` \| (\w+) \|", readme, re.MULTILINE))
+    assert table == {k: v for k, v in CHANGE_POLICY.items() if v != "free"}
