@@ -19,10 +19,10 @@ DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: venv test train bench soak clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,video]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,video,tensorboard]'
 	touch $@
 
 venv: $(STAMP)
@@ -37,8 +37,8 @@ train: $(STAMP) $(DEMO_STAMP)
 	$(PY) -m shardgan.cli pack $(DATA) $(SHARDS) --size $(SIZE) --val $(VAL)
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m shardgan.train --config $(CONFIG) data.shards=$(SHARDS) run.name=$(RUN) $(ARGS)
 
-$(DEMO_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[demo]' || echo "warning: vizdoom did not install; the demo frames will be procedural stand-ins"
+$(DEMO_STAMP): pyproject.toml constraints.txt $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]' || echo "warning: vizdoom did not install; the demo frames will be procedural stand-ins"
 	touch $@
 
 soak: $(STAMP)
@@ -46,7 +46,7 @@ soak: $(STAMP)
 
 # litdata (the `bench` extra) is the peer the benchmarks compare against.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) tools/bench_pack.py
 	$(PY) tools/bench_loader.py
 	$(PY) tools/bench_train.py

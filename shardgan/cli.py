@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer._click.exceptions import ClickException  # the click that typer bundles: usage errors
 
+from . import __version__
 from .errors import ShardganError
 
 app = typer.Typer(
@@ -16,6 +18,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Pack game frames into WebDataset shards and train DCGANs on them with exact resume.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"shardgan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit")) -> None:
+    """Pack game frames into WebDataset shards and train DCGANs on them with exact resume."""
 
 
 @app.command("import-ini")
@@ -44,14 +57,14 @@ def pack_cmd(
     mode: str = typer.Option("stretch", "--mode", help="stretch | crop (fill, cut centre) | pad (fit, black borders)"),
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
     image_format: str = typer.Option("png", "--format", help="png | jpg | webp | raw (uncompressed .npy)"),
-    quality: int = typer.Option(95, "--quality", help="jpg/webp quality (webp: 100 = lossless)"),
+    quality: int = typer.Option(95, "--quality", min=1, max=100, help="jpg/webp quality (webp: 100 = lossless)"),
     shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB"),
-    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", help="Cut shards by sample count instead"),
+    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", min=1, help="Cut shards by sample count instead"),
     val: str = typer.Option("0", "--val", help="Held-out split: a count (500) or a fraction (0.05)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the global shuffle and the val split"),
-    every: int = typer.Option(1, "--every", help="Videos: keep every k-th frame"),
-    blank_threshold: float = typer.Option(2.0, "--blank-threshold", help="Drop frames whose pixel std is below this (0 keeps all)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Encoding processes (default: all cores)"),
+    every: int = typer.Option(1, "--every", min=1, help="Videos: keep every k-th frame"),
+    blank_threshold: float = typer.Option(2.0, "--blank-threshold", min=0, help="Drop frames whose pixel std is below this (0 keeps all)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Encoding processes (default: all cores)"),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: encode only part I of N (SLURM arrays); then run --merge"),
     merge: bool = typer.Option(False, "--merge", help="Write shards + manifest from the encoded parts"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different dataset already in DST"),
@@ -76,7 +89,7 @@ def inspect_cmd(
     dst: Path = typer.Argument(..., help="A packed dataset folder (or its manifest.json)"),
     verify: bool = typer.Option(False, "--verify", help="Re-check every shard's sha256 and decode every sample"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet of random train samples here"),
-    grid_count: int = typer.Option(64, "--grid-count", help="Samples on the contact sheet"),
+    grid_count: int = typer.Option(64, "--grid-count", min=1, help="Samples on the contact sheet"),
     seed: int = typer.Option(0, "--seed", help="Which random samples go on the contact sheet"),
 ) -> None:
     """Summarise a packed dataset; --verify checks every byte, --grid shows samples."""
@@ -103,18 +116,19 @@ def train_cmd(
 @app.command("generate")
 def generate_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/GC7M"),
-    num_images: int = typer.Option(64, "--num", "-n", help="Number of images"),
+    num_images: int = typer.Option(64, "--num", "-n", min=1, help="Number of images"),
     seed: int = typer.Option(0, "--seed", help="Latent seed: same seed, same images"),
     grid: bool = typer.Option(True, "--grid/--separate", help="One grid PNG or one PNG per image"),
-    interpolate: int = typer.Option(0, "--interpolate", help="Write an N-image latent walk strip instead"),
+    interpolate: int = typer.Option(0, "--interpolate", min=0, help="Write an N-image latent walk strip instead (0: off)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/generated)"),
 ) -> None:
     """Write images from a run's EMA generator."""
     from .generate import generate
 
-    for path in generate(run_dir, num_images=num_images, seed=seed, grid=grid, interpolate=interpolate, checkpoint=checkpoint, out=out):
-        typer.echo(f"wrote {path}")
+    step, paths = generate(run_dir, num_images=num_images, seed=seed, grid=grid, interpolate=interpolate, checkpoint=checkpoint, out=out)
+    for path in paths:
+        typer.echo(f"wrote {path} (generator of step {step})")
 
 
 @app.command("eval")
@@ -122,7 +136,7 @@ def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/demo"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
     best: bool = typer.Option(False, "--best", help="Score the run's best-SWD checkpoint instead of the newest"),
-    num_images: Optional[int] = typer.Option(None, "--num-images", "-n", help="Real and generated images compared (default: eval.num_images)"),
+    num_images: Optional[int] = typer.Option(None, "--num-images", "-n", min=2, help="Real and generated images compared (default: eval.num_images)"),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torchvision inception_v3 state_dict file: adds FID and KID"),
     shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),
 ) -> None:
@@ -131,22 +145,26 @@ def eval_cmd(
 
     from .quality import evaluate_run
 
-    overrides = [f"eval.num_images={num_images}"] if num_images else []
+    overrides = [f"eval.num_images={num_images}"] if num_images is not None else []
     overrides += [f"eval.fid_weights={fid_weights}"] if fid_weights else []
     overrides += [f"data.shards={shards}"] if shards else []
     typer.echo(json.dumps(evaluate_run(run_dir, checkpoint, overrides, best=best)))
 
 
 def main() -> None:
-    """Console-script entry: user errors print one line (`error: ...`) and exit non-zero."""
+    """Console-script entry: user errors, usage errors included, print one line (`error: ...`)
+    and exit non-zero (2); a command's own exit code (train: 75 when stopped) is passed on."""
     try:
-        app()
-    except ShardganError as e:
-        print(f"error: {e}", file=sys.stderr)
+        code = app(standalone_mode=False)
+    except (ShardganError, ClickException) as e:
+        message = e.format_message() if isinstance(e, ClickException) else str(e)
+        if message:  # empty for a bare `shardgan`, which has printed its help
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ class DataConfig:
         _check(self.on_corrupt in ("skip", "fail"), "data.on_corrupt must be 'skip' or 'fail'")
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
+        _check(self.prefetch_factor >= 1, "data.prefetch_factor must be >= 1")
 
 
 @dataclass
@@ -82,6 +83,7 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
 
 
 @dataclass
@@ -109,6 +111,8 @@ class TrainConfig:
         _check(self.max_steps >= 0, "train.max_steps must be >= 0")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
+        _check(self.log_every_steps >= 1, "train.log_every_steps must be >= 1")
+        _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
 
 
 @dataclass
@@ -127,6 +131,7 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(self.every_steps >= 0 and self.every_minutes >= 0, "checkpoint.every_steps and every_minutes must be >= 0")
 
 
 @dataclass
@@ -144,6 +149,10 @@ class EvalConfig:
     num_images: int = 512
     fid_weights: str = ""
     """Path to Inception weights for FID/KID; empty: skip FID."""
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "eval.every_steps must be >= 0")
+        _check(self.num_images >= 2, "eval.num_images must be >= 2")
 
 
 @dataclass
@@ -170,9 +179,10 @@ def _did_you_mean(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _coerce(where: str, value: Any, target: type) -> Any:
-    """Convert a TOML value or command-line string to the field's type, or say why not."""
-    if isinstance(value, str) and target is not str:
+def _coerce(where: str, value: Any, target: type, text: bool) -> Any:
+    """Check a TOML value's type, or parse command-line `text` into the field's type; say why not.
+    TOML has types of its own, so `hflip = "yes"` or `width = "64"` there is refused, not guessed."""
+    if text and isinstance(value, str) and target is not str:
         text = value.strip()
         if target is bool:
             if text.lower() in ("true", "1", "yes", "on"):
@@ -191,7 +201,7 @@ def _coerce(where: str, value: Any, target: type) -> Any:
     return value
 
 
-def _merge(raw: dict[str, dict[str, Any]], updates: dict[str, Any], origin: str) -> None:
+def _merge(raw: dict[str, dict[str, Any]], updates: dict[str, Any], origin: str, text: bool = False) -> None:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for name, table in updates.items():
         if name not in sections:
@@ -204,7 +214,7 @@ def _merge(raw: dict[str, dict[str, Any]], updates: dict[str, Any], origin: str)
                 raise ConfigError(
                     f"{origin}: unknown key {name}.{key}{_did_you_mean(key, list(hints))}"
                 )
-            raw.setdefault(name, {})[key] = _coerce(f"{origin}: {name}.{key}", value, hints[key])
+            raw.setdefault(name, {})[key] = _coerce(f"{origin}: {name}.{key}", value, hints[key], text)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
@@ -237,16 +247,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
         _merge(raw, table, str(path))
-    _merge(raw, parse_overrides(overrides or []), "command line")
+    _merge(raw, parse_overrides(overrides or []), "command line", text=True)
     cfg = build_config(raw)
     if not cfg.run.name:
         cfg.run.name = path.stem if path is not None else "default"
     return cfg
 
 
-def config_from_dict(table: dict[str, dict[str, Any]], origin: str = "checkpoint") -> Config:
+def config_from_dict(table: dict[str, dict[str, Any]], origin: str = "checkpoint", overrides: list[str] | None = None) -> Config:
+    """A config saved as a dict (in a checkpoint), with `section.key=value` overrides on top."""
     raw: dict[str, dict[str, Any]] = {}
     _merge(raw, table, origin)
+    _merge(raw, parse_overrides(overrides or []), "command line", text=True)
     return build_config(raw)
 
 
@@ -302,5 +314,5 @@ def import_ini(path: str | Path) -> Config:
         if key == "lr":
             updates["optim"]["lr_d"] = value
     raw: dict[str, dict[str, Any]] = {}
-    _merge(raw, updates, str(path))
+    _merge(raw, updates, str(path), text=True)
     return build_config(raw)

@@ -8,18 +8,14 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import config_from_dict
+from .errors import CheckpointError
 from .models import Generator, plan_layout
 from .rundir import RunDir
 from .viz import save_grid
 
 
-def load_generator(run: RunDir, checkpoint: Path | None = None) -> Generator:
-    """The EMA generator (G if the run kept no EMA) of `checkpoint` or the run's newest valid one."""
-    state, _ = ckpt.load_given_or_newest(run.checkpoints, checkpoint)
-    return generator_from_state(state)
-
-
 def generator_from_state(state: dict) -> Generator:
+    """The EMA generator of a checkpoint (G if the run kept no EMA), in eval mode."""
     cfg = config_from_dict(state[ckpt.CONFIG]).model
     gen = Generator(cfg, plan_layout(cfg.width, cfg.height))
     gen.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])
@@ -44,11 +40,15 @@ def generate(
     interpolate: int = 0,
     checkpoint: Path | None = None,
     out: Path | None = None,
-) -> list[Path]:
+) -> tuple[int, list[Path]]:
     """Write `num_images` images (one grid PNG, or one PNG each) or, with `interpolate=n`, an n-image
-    latent walk strip; same seed, same images. Returns the written paths."""
+    latent walk strip; same seed, same images. Names carry the step, so grids of later checkpoints
+    never replace earlier ones. Returns the generator's step and the written paths."""
     run = RunDir(Path(run_root))
-    gen = load_generator(run, checkpoint)
+    if not run.root.is_dir():
+        raise CheckpointError(f"run directory not found: {run.root}")
+    state, checkpoint = ckpt.load_given_or_newest(run.checkpoints, checkpoint)
+    gen, step = generator_from_state(state), state[ckpt.STEP]
     out = out or run.generated
     rng = torch.Generator().manual_seed(seed)
     nz = gen.main[0].in_channels
@@ -59,8 +59,9 @@ def generate(
         z = torch.randn(num_images, nz, generator=rng)
     with torch.no_grad():
         images = gen(z[:, :, None, None])  # (N, C, H, W) in [-1, 1]
+    name = f"step{step:08d}_seed{seed}"
     if interpolate:
-        return [save_grid(images, out / f"interpolate_seed{seed}.png", nrow=interpolate)]
+        return step, [save_grid(images, out / f"{name}_interpolate.png", nrow=interpolate)]
     if grid:
-        return [save_grid(images, out / f"grid_seed{seed}.png")]
-    return [save_grid(img[None], out / f"seed{seed}_{i:04d}.png", nrow=1) for i, img in enumerate(images)]
+        return step, [save_grid(images, out / f"{name}_grid.png")]
+    return step, [save_grid(img[None], out / f"{name}_{i:04d}.png", nrow=1) for i, img in enumerate(images)]

@@ -57,15 +57,44 @@ def prepare_run_dir(t: Trainer, rd: RunDir) -> None:
         write_bytes_atomic(rd.architecture, f"Generator\n{g_sum}\n\nDiscriminator\n{d_sum}\n".encode())
 
 
-def save_samples(t: Trainer, path: Path) -> None:
-    """Grid from the fixed noise through the EMA generator (or G), in eval mode: no state changes."""
+def save_samples(t: Trainer, path: Path) -> torch.Tensor:
+    """Grid from the fixed noise through the EMA generator (or G), in eval mode: no state changes.
+    Returns the images, (N, C, H, W) in [-1, 1]."""
     model = t.sampler
     was_training = model.training
     model.eval()
     with torch.no_grad(), t.autocast():
-        images = model(t.fixed_noise.to(t.device))
+        images = model(t.fixed_noise.to(t.device)).float()
     model.train(was_training)
-    save_grid(images.float(), path, nrow=8)
+    save_grid(images, path, nrow=8)
+    return images
+
+
+class TensorBoard:
+    """Rank 0's event files in runs/<name>/tensorboard (what StyleGAN2-ADA and torchtitan users open
+    first). A resumed run purges the events past its step, so curves show one history."""
+
+    def __init__(self, rd: RunDir, step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.warning("tensorboard is not installed (pip install 'shardgan[tensorboard]'): no event files")
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(rd.tensorboard), purge_step=step + 1)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def images(self, step: int, images: torch.Tensor) -> None:
+        if self.writer is not None:
+            self.writer.add_images("samples", (images.cpu() + 1) / 2, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
@@ -98,6 +127,7 @@ class Hooks:
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
         self.evaluator = build_evaluator(t, loader)
+        self.tensorboard = TensorBoard(rd, t.step) if t.dist.is_main else None
 
     def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
         """Agree on stop/finite/time (one all-reduce), log, samples, eval, checkpoint. True: stop now."""
@@ -111,7 +141,7 @@ class Hooks:
         if t.dist.is_main and t.step % cfg.train.log_every_steps == 0:
             self.log_metrics(stats, epoch)
         if t.dist.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
-            save_samples(t, self.rd.sample(t.step))
+            self.tensorboard.images(t.step, save_samples(t, self.rd.sample(t.step)))
         if t.step == self.total or (cfg.eval.every_steps and t.step % cfg.eval.every_steps == 0):
             self.evaluate()
         every = cfg.checkpoint.every_steps
@@ -122,7 +152,7 @@ class Hooks:
         """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
         log.info("epoch %d done at step %d", epoch, self.t.step)
         if self.t.dist.is_main:
-            save_samples(self.t, self.rd.sample(self.t.step))
+            self.tensorboard.images(self.t.step, save_samples(self.t, self.rd.sample(self.t.step)))
             save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
         self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)
 
@@ -149,6 +179,7 @@ class Hooks:
             earlier = [r["swd"] for r in read_metrics(rd.metrics) if "swd" in r and r["step"] < t.step]
             best = not earlier or scores["swd"] < min(earlier)
             append_metrics(rd.metrics, {"step": t.step, **scores})
+            self.tensorboard.scalars(t.step, {f"eval/{k}": v for k, v in scores.items()})
             save_curve(read_metrics(rd.metrics), ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
             log.info("step %d: swd %.2f%s", t.step, scores["swd"], " (lowest so far)" if best else "")
         self.maybe_checkpoint(dist.broadcast_from_main(best), best=True)
@@ -159,8 +190,16 @@ class Hooks:
         record["images_per_s"] = round(self.meter.rate(), 1)
         record["lr"] = t.opt_g.param_groups[0]["lr"]
         append_metrics(self.rd.metrics, record)
+        self.tensorboard.scalars(t.step, {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
         self.bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}")
-        log.debug("%s", record)
+        log.info(
+            "step %d/%d (epoch %d): loss_d %.4f loss_g %.4f D(x) %.3f D(G(z)) %.3f, %.0f img/s",
+            t.step, self.total, epoch, record["loss_d"], record["loss_g"], record["d_real"], record["d_fake"], record["images_per_s"],
+        )  # fmt: skip
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def raise_non_finite(self, bad_step: int | None) -> None:
         where = f"at step {bad_step}" if bad_step is not None else f"on another rank by step {self.t.step}"

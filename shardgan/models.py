@@ -172,7 +172,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        params = list(self.model.parameters())
-        torch._foreach_lerp_(params, list(model.parameters()), 1.0 - self.decay)
+        for ema_param, param in zip(self.model.parameters(), model.parameters()):
+            ema_param.lerp_(param, 1.0 - self.decay)
         for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
             ema_buf.copy_(buf)

@@ -291,7 +291,7 @@ def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides
     lowest-SWD one) against its val split; `overrides` (section.key=value) change eval settings or
     point data.shards elsewhere."""
     from . import checkpoint as ckpt
-    from .config import config_from_dict, parse_overrides
+    from .config import config_from_dict
     from .generate import generator_from_state
     from .rundir import RunDir, append_metrics
 
@@ -299,10 +299,7 @@ def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides
     if not run.root.is_dir():
         raise CheckpointError(f"run directory not found: {run.root}")
     state, checkpoint = ckpt.load_given_or_newest(run.best_checkpoints if best else run.checkpoints, checkpoint)
-    table = state[ckpt.CONFIG]
-    for section, values in parse_overrides(overrides or []).items():
-        table.setdefault(section, {}).update(values)
-    cfg = config_from_dict(table, f"{checkpoint} + command line")
+    cfg = config_from_dict(state[ckpt.CONFIG], str(checkpoint), overrides)
     generator = generator_from_state(state)
     scores = {"step": state[ckpt.STEP], "checkpoint": str(checkpoint), **evaluate_generator(generator, cfg, torch.device("cpu"))}
     append_metrics(run.eval_metrics, scores)

@@ -48,6 +48,10 @@ class RunDir:
         return self.root / "loss_curve.png"
 
     @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
     def samples(self) -> Path:
         return self.root / "samples"
 

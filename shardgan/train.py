@@ -11,12 +11,14 @@ resumed therefore ends with the same bits as one that was never interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed as dist
 from . import resume
@@ -116,8 +118,10 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
         log.info("already at step %d of %d: nothing to train (raise train.epochs or train.max_steps to go on)", t.step, total)
         return False
     global_batch = t.cfg.data.batch_size * t.dist.world_size
-    with tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not t.dist.is_main, dynamic_ncols=True) as bar:
-        hooks = Hooks(t, loader, rd, stop, bar)
+    interactive = t.dist.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
+    bar = tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not interactive, dynamic_ncols=True)
+    hooks = Hooks(t, loader, rd, stop, bar)
+    with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
         while t.step < total and not stopped:
             epoch = loader.epoch

@@ -49,6 +49,44 @@ def test_bad_overrides_are_one_line_errors(overrides: list[str], message: str) -
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('[data]\nhflip = "yes"', "data.hflip: expected bool, got str 'yes'"),
+        ('[model]\nwidth = "64"', "model.width: expected int, got str '64'"),
+        ("[optim]\nlr_g = true", "optim.lr_g: expected float, got bool"),
+    ],
+)
+def test_toml_values_are_not_coerced(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    assert load_config(None, ["data.hflip=yes", "model.width=64"]).data.hflip is True  # command-line text is parsed
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.log_every_steps=0", "train.log_every_steps must be >= 1"),
+        ("train.sample_every_steps=-1", "train.sample_every_steps must be >= 0"),
+        ("checkpoint.every_minutes=-1", "every_minutes must be >= 0"),
+        ("eval.num_images=1", "eval.num_images must be >= 2"),
+        ("optim.beta1=1.0", "beta1 and optim.beta2 must be in"),
+        ("data.prefetch_factor=0", "data.prefetch_factor must be >= 1"),
+    ],
+)
+def test_ranges_are_checked(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_run_name_defaults_to_the_config_files_name() -> None:
+    assert load_config(ROOT / "configs" / "gc7m.toml").run.name == "gc7m"
+    assert load_config(None).run.name == "default"
+    assert load_config(ROOT / "configs" / "gc7m.toml", ["run.name=mine"]).run.name == "mine"
+
+
 def test_wrong_type_in_toml(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[model]\nwidth = "wide"\n')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,17 @@ def test_run_dir_holds_outputs(straight: Path) -> None:
     assert [r["epoch"] for r in records][:4] == [0, 0, 0, 1]
     state = newest(straight)
     assert state[ckpt.LOADER]["epoch"] == 2 and state[ckpt.LOADER]["samples_seen"] == 10 * 8
+    assert re.search(r"INFO step 5/40 \(epoch 0\): loss_d [\d.]+ loss_g [\d.]+ D\(x\) [\d.]+ D\(G\(z\)\) [\d.]+, \d+ img/s", (straight / "train.log").read_text())
+
+
+def test_tensorboard_event_files_hold_the_curves_and_samples(straight: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss_d")] == list(range(5, STEPS + 1, 5))
+    assert {"train/loss_g", "train/d_real", "train/images_per_s", "train/lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Images("samples")][:2] == [10, 15]
 
 
 def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
@@ -56,6 +68,7 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tiny_shards: Path, str
     stopped_at = newest_step(run)
     assert 5 < stopped_at < STEPS, "the signal should stop the run mid-way with a checkpoint"
     assert f"stopped by SIGTERM at step {stopped_at} with a checkpoint; resume with: python -m shardgan.train" in stderr
+    assert "\r" not in stderr and "img/s" in stderr  # not a terminal: plain log lines, no progress-bar redraws
     assert train_inprocess(tiny_shards, run) == 0
     assert_same_final(straight, run)
     assert read_metrics(run / "metrics.jsonl") == [
@@ -98,12 +111,13 @@ def test_resume_refuses_inexact_config_change(tiny_shards: Path, straight: Path,
 
 
 def test_generate_is_reproducible(straight: Path, tmp_path: Path) -> None:
-    a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
-    b = generate(straight, num_images=16, seed=3, out=tmp_path / "b")
-    c = generate(straight, num_images=16, seed=4, out=tmp_path / "c")
+    step, a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
+    _, b = generate(straight, num_images=16, seed=3, out=tmp_path / "b")
+    _, c = generate(straight, num_images=16, seed=4, out=tmp_path / "c")
+    assert step == STEPS and a[0].name == f"step{STEPS:08d}_seed3_grid.png"
     assert a[0].read_bytes() == b[0].read_bytes() != c[0].read_bytes()
-    assert len(generate(straight, num_images=5, grid=False, out=tmp_path / "d")) == 5
-    strip = generate(straight, interpolate=6, out=tmp_path / "e")[0]
+    assert len(generate(straight, num_images=5, grid=False, out=tmp_path / "d")[1]) == 5
+    strip = generate(straight, interpolate=6, out=tmp_path / "e")[1][0]
     from PIL import Image
 
     assert Image.open(strip).size == (6 * (24 + 2) + 2, 16 + 4)
@@ -136,7 +150,8 @@ def test_cli_train_dry_run_and_generate(straight: Path, tmp_path: Path) -> None:
     assert "batch_size = 3" in dry.output and 'name = "x"' in dry.output
     made = runner.invoke(app, ["generate", str(straight), "-n", "4", "--seed", "1", "--out", str(tmp_path)])
     assert made.exit_code == 0, made.output
-    assert (tmp_path / "grid_seed1.png").exists()
+    assert f"step{STEPS:08d}_seed1_grid.png (generator of step {STEPS})" in made.output
+    assert (tmp_path / f"step{STEPS:08d}_seed1_grid.png").exists()
 
 
 def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:

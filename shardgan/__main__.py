@@ -1,0 +1,5 @@
+"""`python -m shardgan`: the same command line as `shardgan`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The command line as a user meets it: `python -m shardgan`, --version, and every command given
+bad values answers with one line, exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shardgan import __version__
+from tests.conftest import PYTHON
+
+
+def shardgan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "shardgan", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version_and_python_dash_m() -> None:
+    done = shardgan("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"shardgan {__version__}"
+
+
+BAD = [
+    (["generate", "{run}", "-n", "0"], "'--num' / '-n'"),
+    (["generate", "{run}", "-n", "-3"], "'--num' / '-n'"),
+    (["generate", "{run}", "--interpolate", "-2"], "'--interpolate'"),
+    (["generate", "{tmp}/nope"], "run directory not found: {tmp}/nope"),
+    (["generate", "{run}", "--checkpoint", "{tmp}/nope.pt"], "checkpoint not found: {tmp}/nope.pt"),
+    (["eval", "{run}", "-n", "-5"], "'--num-images' / '-n'"),
+    (["eval", "{run}", "-n", "0"], "'--num-images' / '-n'"),
+    (["inspect", "{shards}", "--grid-count", "0", "--grid", "{tmp}/g.png"], "'--grid-count'"),
+    (["pack", "{tmp}", "{tmp}/out", "--workers", "0"], "'--workers'"),
+    (["pack", "{tmp}", "{tmp}/out", "--quality", "101"], "'--quality'"),
+    (["pack", "{tmp}", "{tmp}/out", "--every", "0"], "'--every'"),
+    (["train", "--bogus"], "No such option: --bogus"),
+    (["trian"], "No such command 'trian'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_values_answer_one_line_exit_2(args: list[str], message: str, straight: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    fill = {"run": str(straight), "shards": str(tiny_shards), "tmp": str(tmp_path)}
+    done = shardgan(*(a.format(**fill) for a in args))
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert message.format(**fill) in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "g.png").exists()
