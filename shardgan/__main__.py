@@ -1,5 +1,7 @@
 """`python -m shardgan`: the same command line as `shardgan`."""
 
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

@@ -106,7 +106,7 @@ def train_cmd(
     allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Resume despite a batch/world/image size change"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit"),
 ) -> None:
-    """Train a DCGAN (one process; for DDP use `torchrun -m shardgan.train` with the same arguments).
+    """Train a DCGAN (one process; `torchrun -m shardgan.train` takes the same arguments, for DDP).
     Exits 75 when a signal stopped it after its checkpoint: rerun the same command to resume."""
     from .train import launch
 
@@ -151,21 +151,22 @@ def eval_cmd(
     typer.echo(json.dumps(evaluate_run(run_dir, checkpoint, overrides, best=best)))
 
 
-def main() -> None:
-    """Console-script entry: user errors, usage errors included, print one line (`error: ...`)
-    and exit non-zero (2); a command's own exit code (train: 75 when stopped) is passed on."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `shardgan`, `python -m shardgan` and `python -m shardgan.train`: user errors, usage
+    errors included, print one line (`error: ...`) and give 2 (3: a non-finite loss); a command's
+    own code is passed on (train: 75 when a signal stopped it after its checkpoint)."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except (ShardganError, ClickException) as e:
         message = e.format_message() if isinstance(e, ClickException) else str(e)
         if message:  # empty for a bare `shardgan`, which has printed its help
             print(f"error: {message}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+        return e.exit_code
+    except KeyboardInterrupt:  # in train, a second Ctrl-C: the first asks for a checkpoint and a clean stop
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return 130
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

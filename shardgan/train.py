@@ -10,7 +10,6 @@ resumed therefore ends with the same bits as one that was never interrupted.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -24,7 +23,6 @@ from . import distributed as dist
 from . import resume
 from .augment import augment
 from .config import Config, load_config, to_toml
-from .errors import ShardganError
 from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES
@@ -158,29 +156,7 @@ def launch(config: str | Path | None, overrides: list[str], *, run_name: str | N
     return EXIT_STOPPED if stopped else 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m shardgan.train", description="Train a DCGAN on shardgan shards (run under torchrun for DDP).")
-    p.add_argument("--config", help="TOML config file (e.g. configs/gc7m.toml)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override any config key, e.g. data.batch_size=256")
-    p.add_argument("--run-name", help="run directory name under run.root (default: the config file's name)")
-    p.add_argument("--allow-config-change", action="store_true", help="resume even if batch/world/image size changed (not exact)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    return p.parse_intermixed_args(argv)
+if __name__ == "__main__":  # `python -m shardgan.train` and `torchrun -m shardgan.train`: the `shardgan train` command
+    from .cli import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry for `python -m` and torchrun: user errors print one line and give a non-zero code;
-    a run stopped by a signal exits with EXIT_STOPPED (75) once its checkpoint is written."""
-    args = parse_args(argv)
-    try:
-        return launch(args.config, args.overrides, run_name=args.run_name, allow_config_change=args.allow_config_change, dry_run=args.dry_run)
-    except ShardganError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C: the first one asks for a checkpoint and a clean stop
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from shardgan import checkpoint as ckpt
-from shardgan.train import main
+from shardgan.cli import main
 from tests.conftest import PYTHON, ROOT, build_dataset
 
 CONFIG = ROOT / "configs" / "tiny.toml"
@@ -59,7 +59,7 @@ def train_args(shards: Path, run: Path, *extra: str) -> list[str]:
 
 def train_inprocess(shards: Path, run: Path, *extra: str) -> int:
     with one_thread():
-        return main(train_args(shards, run, *extra))
+        return main(["train", *train_args(shards, run, *extra)])
 
 
 def newest(run: Path) -> dict[str, Any]:
