@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if message:  # empty for a bare `shardgan`, which has printed its help
             print(f"error: {message}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the machine's refusal (disk full, read-only, permissions): one line naming the file
+        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # in train, a second Ctrl-C: the first asks for a checkpoint and a clean stop
         print("interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from .atomic import atomic_write
+
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save a (B, C, H, W) batch as one grid PNG; uint8 in [0, 255] or float in [-1, 1]."""
@@ -16,9 +18,8 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    save_image(make_grid(images.clamp(0, 1), nrow=nrow, padding=2), tmp)
-    tmp.replace(path)
+    with atomic_write(path) as f:
+        save_image(make_grid(images.clamp(0, 1), nrow=nrow, padding=2), f, format="png")
     return path
 
 
@@ -43,8 +44,9 @@ def save_curve(records: list[dict], keys: tuple[str, ...], path: str | Path, yla
     ax.legend()
     ax.grid(alpha=0.3)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
     return path

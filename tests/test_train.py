@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from shardgan import checkpoint as ckpt
-from shardgan.generate import generate
 from shardgan.rundir import read_metrics
 from shardgan.stop import EXIT_STOPPED
 from tests.conftest import PYTHON
@@ -71,9 +70,9 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tiny_shards: Path, str
     assert "\r" not in stderr and "img/s" in stderr  # not a terminal: plain log lines, no progress-bar redraws
     assert train_inprocess(tiny_shards, run) == 0
     assert_same_final(straight, run)
-    assert read_metrics(run / "metrics.jsonl") == [
-        {**r, "images_per_s": r2["images_per_s"]} for r, r2 in zip(read_metrics(straight / "metrics.jsonl"), read_metrics(run / "metrics.jsonl"))
-    ]
+    resumed, reference = read_metrics(run / "metrics.jsonl"), read_metrics(straight / "metrics.jsonl")
+    assert len(resumed) == len(reference)  # nothing missing at the end, nothing logged twice
+    assert [{**r, "images_per_s": 0} for r in resumed] == [{**r, "images_per_s": 0} for r in reference]
 
 
 def test_kill9_after_checkpoint_and_resume_is_exact(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
@@ -108,19 +107,6 @@ def test_resume_refuses_inexact_config_change(tiny_shards: Path, straight: Path,
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert train_inprocess(tiny_shards, run, "data.batch_size=4", "train.max_steps=50", "--allow-config-change") == 0
     assert newest(run)[ckpt.STEP] == 50
-
-
-def test_generate_is_reproducible(straight: Path, tmp_path: Path) -> None:
-    step, a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
-    _, b = generate(straight, num_images=16, seed=3, out=tmp_path / "b")
-    _, c = generate(straight, num_images=16, seed=4, out=tmp_path / "c")
-    assert step == STEPS and a[0].name == f"step{STEPS:08d}_seed3_grid.png"
-    assert a[0].read_bytes() == b[0].read_bytes() != c[0].read_bytes()
-    assert len(generate(straight, num_images=5, grid=False, out=tmp_path / "d")[1]) == 5
-    strip = generate(straight, interpolate=6, out=tmp_path / "e")[1][0]
-    from PIL import Image
-
-    assert Image.open(strip).size == (6 * (24 + 2) + 2, 16 + 4)
 
 
 @pytest.mark.slow

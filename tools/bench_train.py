@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,17 +34,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from shardgan import distributed as D  # noqa: E402
-from shardgan import trainer as T  # noqa: E402
-from shardgan.loader import ShardLoader  # noqa: E402
-from shardgan.resume import save_checkpoint  # noqa: E402
-from shardgan.train import train_step  # noqa: E402
-from shardgan.config import CheckpointConfig, load_config  # noqa: E402
-from shardgan.manifest import Manifest, SplitInfo  # noqa: E402
-from shardgan.rundir import RunDir  # noqa: E402
-from shardgan.shards import Sample, encode_image, sample_key, write_shard  # noqa: E402
+from shardgan import distributed as D
+from shardgan import trainer as T
+from shardgan.loader import ShardLoader
+from shardgan.resume import save_checkpoint
+from shardgan.train import train_step
+from shardgan.config import CheckpointConfig, load_config
+from shardgan.manifest import Manifest, SplitInfo
+from shardgan.rundir import RunDir
+from shardgan.shards import Sample, encode_image, sample_key, write_shard
 
 
 def write_dataset(directory: Path, num_samples: int, shard_size: int, width: int, height: int, image_format: str, unique_shards: int = 8) -> None:

@@ -172,7 +172,8 @@ def test_disk_full_during_checkpoint_stops_with_clear_error(tiny_shards: Path, t
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and checkpoint_exists(run, 5):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".pt." in name and name.endswith(".tmp") and checkpoint_exists(run, 5):  # checkpoint writes only
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
@@ -184,6 +185,26 @@ def test_disk_full_during_checkpoint_stops_with_clear_error(tiny_shards: Path, t
     monkeypatch.undo()
     assert newest(run)[ckpt.STEP] == 5  # intact and loadable
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000005.json", "step_00000005.pt"]
+
+
+def test_disk_full_during_a_sample_grid_write_is_one_line_naming_the_file(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "full_grid"
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".png.%d.tmp" % os.getpid()) and checkpoint_exists(run, 10):
+            raise OSError(errno.ENOSPC, "No space left on device", os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert train_inprocess(tiny_shards, run) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot write or read ") and "No space left on device" in err and ".png." in err
+    monkeypatch.undo()
+    assert not [p for p in run.rglob("*.tmp")], "a half-written grid was left behind"
+    assert newest(run)[ckpt.STEP] == 15  # the epoch-end grid after step 15's checkpoint failed
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
