@@ -179,7 +179,7 @@ class Hooks:
             earlier = [r["swd"] for r in read_metrics(rd.metrics) if "swd" in r and r["step"] < t.step]
             best = not earlier or scores["swd"] < min(earlier)
             append_metrics(rd.metrics, {"step": t.step, **scores})
-            self.tensorboard.scalars(t.step, {f"eval/{k}": v for k, v in scores.items()})
+            self.tensorboard.scalars(t.step, {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
             save_curve(read_metrics(rd.metrics), ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
             log.info("step %d: swd %.2f%s", t.step, scores["swd"], " (lowest so far)" if best else "")
         self.maybe_checkpoint(dist.broadcast_from_main(best), best=True)
