@@ -27,6 +27,7 @@ class DataConfig:
     manifest: str = ""
     """manifest.json for URL shards (empty: the one beside local shard paths)."""
     split: str = "train"
+    """Which split of the manifest to train on (pack writes train and, with --val, val)."""
     batch_size: int = 128
     """Per-rank batch size; the global batch is batch_size * world_size."""
     num_workers: int = 2
@@ -36,7 +37,9 @@ class DataConfig:
     on_corrupt: str = "skip"
     """skip: report and replace a corrupt sample within its batch; fail: stop with its shard and key."""
     pin_memory: bool = True
+    """Page-locked batches for faster host-to-GPU copies (CUDA only)."""
     prefetch_factor: int = 4
+    """Batches each DataLoader worker prepares ahead."""
     translate_px: int = 2
     """Random translation of up to this many pixels (the seed's Resize(+2) + RandomCrop)."""
     color_jitter: float = 0.05
@@ -56,12 +59,17 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     width: int = 64
+    """Image width in pixels; must equal the shards' (pack --size)."""
     height: int = 64
+    """Image height in pixels; must equal the shards'."""
     channels: int = 3
+    """3 (RGB) or 1 (grayscale); must equal the shards'."""
     nz: int = 100
     """Latent vector size."""
     ngf: int = 64
+    """G's feature maps in its last layer (doubling per layer up to 8x)."""
     ndf: int = 64
+    """D's feature maps in its first layer (doubling per layer up to 8x)."""
     loss: str = "bce"
     """bce: the seed's loss; hinge: hinge loss (use with spectral_norm)."""
     spectral_norm: bool = False
@@ -77,9 +85,13 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr_g: float = 2e-4
+    """Adam learning rate of G (the original project's 2e-4)."""
     lr_d: float = 2e-4
+    """Adam learning rate of D."""
     beta1: float = 0.5
+    """Adam beta1; DCGAN's 0.5 (the default 0.9 oscillates)."""
     beta2: float = 0.999
+    """Adam beta2."""
 
     def __post_init__(self) -> None:
         _check(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
@@ -89,6 +101,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 1000
+    """Passes over the train split (the last, partial global batch of each is left out)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: run all epochs)."""
     seed: int = 0
@@ -104,7 +117,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     """EMA of G's weights used for samples; 0 disables."""
     log_every_steps: int = 10
+    """A metrics.jsonl record, TensorBoard scalars and a train.log line every N steps."""
     sample_every_steps: int = 500
+    """A sample grid from the fixed noise every N steps (0: only at epoch ends)."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -124,6 +139,7 @@ class CheckpointConfig:
     at_epoch_end: bool = True
     """Also checkpoint when an epoch ends (the seed saved weights once per epoch)."""
     keep_last: int = 3
+    """Complete checkpoints kept (the newest and the one just written are never deleted)."""
     resume: str = "auto"
     """auto: newest valid checkpoint in the run dir if any; never; or a checkpoint path."""
     allow_config_change: bool = False
@@ -137,6 +153,7 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     root: str = "runs"
+    """Directory holding the run directories."""
     name: str = ""
     """Run directory name under root; empty: the config file's name (configs/gc7m.toml -> gc7m),
     or "default" without one, so rerunning the same command resumes the same run."""
@@ -147,6 +164,7 @@ class EvalConfig:
     every_steps: int = 0
     """Compute SWD against the val split every N steps on rank 0 (0: only at the end)."""
     num_images: int = 512
+    """Real (val) and generated images compared by SWD (and FID/KID)."""
     fid_weights: str = ""
     """Path to Inception weights for FID/KID; empty: skip FID."""
 
