@@ -3,6 +3,7 @@ checkpoint for all ranks, and what a resumed run may change."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -58,13 +59,14 @@ def test_rollback_moves_newer_aside_and_the_same_command_does_not_repeat_it(
 
 
 def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
-    """No run.name: the run is named after the config file, and the stop message prints the command."""
+    """No run.name: the run is named after the config file. Ctrl-C reaches the whole foreground
+    process group, DataLoader workers included; the stop message prints the command to rerun."""
     args = ["-m", "shardgan.train", "--config", str(CONFIG), f"data.shards={tiny_shards}", f"run.root={tmp_path}", f"train.max_steps={STEPS}"]
-    args += ["checkpoint.every_steps=5", "train.sample_every_steps=10"]
+    args += ["checkpoint.every_steps=5", "train.sample_every_steps=10", "data.num_workers=2"]
     run = tmp_path / CONFIG.stem
-    proc = subprocess.Popen([PYTHON, *args], env=ENV, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([PYTHON, *args], env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(lambda: checkpoint_exists(run, 5), proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
     assert f"resume with: {shlex.join(['python', *args])}\n" in stderr
