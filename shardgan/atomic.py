@@ -20,14 +20,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: str | Path) -> Path:
+    """The temp name carries the pid so concurrent writers (e.g. SLURM array tasks) never share one."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
-    """Yield a binary file; on clean exit it is fsynced and renamed to `path`, else removed.
-
-    The temp name carries the pid so concurrent writers (e.g. SLURM array tasks) never share one.
-    """
+    """Yield a binary file; on clean exit it is fsynced and renamed to `path`, else removed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -39,6 +42,34 @@ def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def unpublished_write(path: str | Path) -> Iterator[BinaryIO]:
+    """atomic_write's first half: yield a file at `temp_path(path)` (removed if the block fails).
+
+    `publish` completes it later, possibly in another process or thread, so that the writer
+    need not wait for the disk.
+    """
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """fsync a finished temp file, then rename it to `path` (the directory's sync is the caller's:
+    one `fsync_dir` may cover many renames, and a lost rename leaves the file absent, not partial)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -6,9 +6,9 @@ Two stages, so that parts, resume and determinism all fall out of one design:
    chunks; a worker decodes, resizes, filters and encodes one chunk and writes the
    results to `DST/.work/chunk-NNNNNN.bin` atomically. A chunk file that exists is
    complete, so a rerun skips it (resume), and `--part i/N` encodes chunks i, i+N, ...
-2. write (cheap, no decoding): read every chunk's records, drop blanks and exact
-   duplicates, shuffle globally with the seed, cut into shards, write them atomically,
-   then the manifest last.
+2. write (cheap, no decoding): drop blanks and exact duplicates (this selection runs in
+   the main process as chunks complete in order, overlapping stage 1), shuffle globally
+   with the seed, cut into shards, write them atomically, then the manifest last.
 
 Output bytes depend only on the inputs and the pack options, never on the number
 of workers, parts, or how often the pack was interrupted.
@@ -29,8 +29,9 @@ import signal
 import struct
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_write, remove_stale_temps, write_bytes_atomic
+from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublished_write, write_bytes_atomic
 from .errors import ConfigError, DataError
 from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
 from .shards import IMAGE_FORMATS, TAR_BLOCK, Sample, encode_image, sample_key, write_shard
+from .stopwatch import Stopwatch
 
 WORK_DIR = ".work"
 PLAN_NAME = "plan.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+"""2: sha256 duplicate keys (1: blake2b); chunks of another version are never mixed in."""
 MAX_CHUNK_INPUTS = 256
 MIN_CHUNK_INPUTS = 8
 TARGET_CHUNKS = 256
@@ -211,7 +214,7 @@ class Record:
     status: str
     """ok | blank | skip"""
     detail: str
-    """ok/blank: hash of the resized pixels; skip: the reason."""
+    """ok: the duplicate key of the resized pixels; blank: empty; skip: the reason."""
     offset: int = 0
     length: int = 0
 
@@ -220,28 +223,54 @@ def chunk_path(work: Path, index: int) -> Path:
     return work / f"chunk-{index:06d}.bin"
 
 
-def encode_chunk(task: ChunkTask) -> int:
+@dataclass(frozen=True)
+class ChunkResult:
+    """A worker's answer: the chunk's records (stage 2 needs no read-back), its seconds per stage,
+    and the chunk file's temp name, which the main process publishes."""
+
+    records: list[Record]
+    seconds: dict[str, float]
+    temp: str
+
+    @property
+    def frames(self) -> int:
+        return sum(r.status != "skip" for r in self.records)
+
+
+def duplicate_key(pixels: np.ndarray) -> str:
+    """Exact-duplicate key of resized pixels: 128 bits of sha256 (faster than blake2b where CPUs have SHA extensions)."""
+    return hashlib.sha256(pixels.tobytes()).hexdigest()[:32]
+
+
+def encode_chunk(task: ChunkTask) -> ChunkResult:
     """Encode one chunk's inputs into its chunk file: payloads, then a JSON footer and its length.
 
-    Returns the number of frames decoded (for the progress rate).
+    The file is left under its temp name: the main process fsyncs and renames it, so that no
+    worker waits for the disk.
     """
+    clock = Stopwatch()
     records: list[Record] = []
-    with atomic_write(task.path) as f:
+    with unpublished_write(task.path) as f:
         for input_index, rel in task.inputs:
-            for item in load_frames(Path(task.src) / rel, task.options.spec):
+            for item in load_frames(Path(task.src) / rel, task.options.spec, clock):
                 if isinstance(item, str):
                     records.append(Record(input_index, None, "skip", item))
                     continue
-                digest = hashlib.blake2b(item.pixels.tobytes(), digest_size=16).hexdigest()
                 if is_blank(item.pixels, task.options.blank_threshold):
-                    records.append(Record(input_index, item.index, "blank", digest))
+                    records.append(Record(input_index, item.index, "blank", ""))
+                    clock.lap("filter")
                     continue
+                key = duplicate_key(item.pixels)
+                clock.lap("filter")
                 data = encode_image(item.pixels, task.options.image_format, task.options.quality)
-                records.append(Record(input_index, item.index, "ok", digest, f.tell(), len(data)))
+                clock.lap("encode")
+                records.append(Record(input_index, item.index, "ok", key, f.tell(), len(data)))
                 f.write(data)
+                clock.lap("chunk write")
         footer = json.dumps([astuple(r) for r in records], separators=(",", ":")).encode()
         f.write(footer + struct.pack("<Q", len(footer)))
-    return sum(r.status != "skip" for r in records)
+    clock.lap("chunk write")
+    return ChunkResult(records, dict(clock.seconds), str(temp_path(task.path)))
 
 
 def read_chunk_records(path: Path) -> list[Record]:
@@ -298,12 +327,15 @@ class Selection:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def select_samples(plan: Plan, work: Path) -> Selection:
-    """Blank frames and exact duplicates (after resizing) are dropped; the first in input order wins."""
+def select_samples(plan: Plan, records: Iterable[tuple[int, list[Record]]]) -> Selection:
+    """Blank frames and exact duplicates (after resizing) are dropped; the first in input order wins.
+
+    `records` are (chunk index, its records) in chunk order.
+    """
     selection = Selection(skipped=[{"path": p, "reason": r} for p, r in plan.scan_skipped])
     seen: set[str] = set()
-    for index, _ in enumerate(plan.chunks()):
-        for record in read_chunk_records(chunk_path(work, index)):
+    for index, chunk_records in records:
+        for record in chunk_records:
             src = plan.inputs[record.input_index][0]
             if record.status == "skip":
                 selection.skipped.append({"path": src, "reason": record.detail})
@@ -393,6 +425,9 @@ class PackSummary:
     shards: int = 0
     num_bytes: int = 0
     seconds: float = 0.0
+    stage_seconds: Counter = field(default_factory=Counter)
+    """Main-process wall time of "scan", "start-up", "encode stage", "write stage", "clean-up", plus
+    the workers' "decode", "resize", "filter", "encode" and "chunk write" seconds, summed over workers."""
     note: str = ""
 
     def add_manifest(self, manifest: Manifest) -> None:
@@ -431,9 +466,11 @@ def pack_dataset(
 ) -> PackSummary:
     """Pack SRC into DST (both stages), only encode a part (`part`), or only write (`merge`)."""
     started = time.monotonic()
+    clock = Stopwatch()
     src, dst = Path(src), Path(dst)
     _check_locations(src, dst, part, merge, overwrite)
     plan = build_plan(src, options)
+    clock.lap("scan")
     pack_args = {**asdict(options), "inputs_sha256": plan.fingerprint()}
     with _write_errors(dst):
         if overwrite:
@@ -447,20 +484,30 @@ def pack_dataset(
         summary = PackSummary(inputs=len(plan.inputs) + len(plan.scan_skipped))
         chunks = plan.chunks()
         mine = range(len(chunks)) if part is None else range(part[0], len(chunks), part[1])
+        if merge:
+            _require_chunks(work, len(chunks))
         with _worker_pool(min(workers or _available_cores(), len(mine) or 1)) as pool:
-            if not merge:
-                summary.frames_encoded = _encode_chunks(src, work, plan, options, [(i, chunks[i]) for i in mine], pool)
-            if part is None:
-                _require_chunks(work, len(chunks))
-                manifest = _write_dataset(dst, plan, options, pack_args, pool)
-        summary.seconds = time.monotonic() - started
-        if part is not None:
-            summary.note = f"part {part[0]}/{part[1]}: {len(mine)} of {len(chunks)} chunks encoded in {summary.seconds:.1f}s; run with --merge once all parts are done"
-            log(summary.note)
-            return summary
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-        _remove_stale_shards(dst, manifest)
+            clock.lap("start-up")
+            records = _chunk_records(src, work, plan, options, list(mine), pool, summary)
+            if part is not None:
+                deque(records, maxlen=0)  # encode only
+                clock.lap("encode stage")
+            else:
+                selection = select_samples(plan, records)
+                clock.lap("encode stage")
+                manifest = _write_dataset(dst, plan, options, pack_args, selection, pool)
+                clock.lap("write stage")
+        if part is None:
+            if not keep_work:
+                shutil.rmtree(work, ignore_errors=True)
+            _remove_stale_shards(dst, manifest)
+        clock.lap("clean-up")
+    summary.seconds = time.monotonic() - started
+    summary.stage_seconds.update(clock.seconds)
+    if part is not None:
+        summary.note = f"part {part[0]}/{part[1]}: {len(mine)} of {len(chunks)} chunks encoded in {summary.seconds:.1f}s; run with --merge once all parts are done"
+        log(summary.note)
+        return summary
     summary.add_manifest(manifest)
     for line in summary.lines():
         log(line)
@@ -532,24 +579,36 @@ def _open_work_dir(dst: Path, plan: Plan, exclusive: bool) -> Path:
     return work
 
 
-def _encode_chunks(
-    src: Path, work: Path, plan: Plan, options: PackOptions, chunks: list[tuple[int, range]], pool: Any
-) -> int:
-    """Stage 1 over the chunks not done yet; returns frames decoded."""
-    tasks = [
-        ChunkTask([(j, plan.inputs[j][0]) for j in chunk], str(src), str(chunk_path(work, i)), options)
-        for i, chunk in chunks
-        if not chunk_path(work, i).exists()
-    ]
+def _chunk_records(
+    src: Path, work: Path, plan: Plan, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary
+) -> Iterator[tuple[int, list[Record]]]:
+    """(chunk index, records) in chunk order, each as soon as it is done: encoded now (in the pool)
+    if its file is missing, else read back. Encoded frames and worker seconds go to `summary`."""
+    chunks = plan.chunks()
+    todo = {i for i in chunk_ids if not chunk_path(work, i).exists()}
+    tasks = [ChunkTask([(j, plan.inputs[j][0]) for j in chunks[i]], str(src), str(chunk_path(work, i)), options) for i in chunk_ids if i in todo]
     has_video = any(is_video(plan.inputs[t.inputs[0][0]][0]) for t in tasks)
     # Videos have unknown frame counts: then the bar counts frames without a total.
     total = None if has_video else sum(len(t.inputs) for t in tasks)
-    frames = 0
-    with tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1) as bar:
-        for task, count in zip(tasks, _map(pool, encode_chunk, tasks)):
-            frames += count
-            bar.update(count if has_video else len(task.inputs))
-    return frames
+    results = zip(tasks, _map(pool, encode_chunk, tasks))
+    bar = tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1, disable=not tasks)
+    # One thread fsyncs and renames finished chunks in order while the encoding goes on.
+    with bar, ThreadPoolExecutor(1) as publisher:
+        published = []
+        for i in chunk_ids:
+            if i not in todo:
+                yield i, read_chunk_records(chunk_path(work, i))
+                continue
+            task, result = next(results)
+            published.append(publisher.submit(publish, result.temp, task.path))
+            summary.frames_encoded += result.frames
+            summary.stage_seconds.update(result.seconds)
+            bar.update(result.frames if has_video else len(task.inputs))
+            yield i, result.records
+        for future in published:
+            future.result()
+    if tasks:
+        fsync_dir(work)  # all the chunk renames at once
 
 
 def _require_chunks(work: Path, num_chunks: int) -> None:
@@ -561,9 +620,8 @@ def _require_chunks(work: Path, num_chunks: int) -> None:
         )
 
 
-def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[str, Any], pool: Any) -> Manifest:
-    """Stage 2: select, shuffle, cut, write shards (reusing finished ones), manifest last."""
-    selection = select_samples(plan, dst / WORK_DIR)
+def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[str, Any], selection: Selection, pool: Any) -> Manifest:
+    """Stage 2 after the selection: shuffle, cut, write shards (reusing finished ones), manifest last."""
     if not selection.kept:
         reasons = Counter(_reason_kind(s["reason"]) for s in selection.skipped)
         skipped = ", ".join(f"{n} {why}" for why, n in reasons.most_common()) or "none"

@@ -174,6 +174,18 @@ def test_blank_filter() -> None:
     assert not is_blank(black, 0)  # 0 disables the filter
 
 
+def test_blank_filter_shortcut_agrees_with_the_full_std() -> None:
+    rng = np.random.default_rng(0)
+    for spread in [0, 1, 2, 3, 4, 5, 6, 8, 16, 64, 255]:
+        for _ in range(20):
+            pixels = rng.integers(0, spread + 1, (24, 32, 3)).astype(np.uint8)
+            sparse = np.zeros_like(pixels)
+            sparse.reshape(-1)[rng.integers(0, pixels.size, 3)] = spread  # outliers the subset may miss
+            for frame in (pixels, sparse):
+                for threshold in (0.5, 1.0, 2.0, 4.0):
+                    assert is_blank(frame, threshold) == (float(frame.std()) < threshold)
+
+
 def write_video(path: Path, num_frames: int, width: int = 64, height: int = 48) -> None:
     av = pytest.importorskip("av")
     with av.open(str(path), "w") as container:

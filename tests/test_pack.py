@@ -14,6 +14,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+import shardgan.pack
 from shardgan import cli
 from shardgan.errors import ConfigError, DataError
 from shardgan.manifest import inspect_dataset, load_manifest, verify_dataset
@@ -209,3 +210,47 @@ def test_videos_are_packed_every_kth_frame_with_frame_keys(tmp_path: Path) -> No
     video = {k: m for k, m in metas.items() if m["src"] == "speedrun.mkv"}
     assert sorted(video) == ["000000004_0000000", "000000004_0000004", "000000004_0000008"]
     assert [video[k]["frame"] for k in sorted(video)] == [0, 4, 8] and len(metas) == 7
+
+
+def test_selection_uses_the_workers_records_and_chunks_are_published_once_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_frames(tmp_path / "src", 40)
+    pack(tmp_path / "src", tmp_path / "reference")
+    published: list[str] = []
+
+    def publish(tmp: str, path: str) -> None:
+        assert Path(tmp).exists() and not Path(path).exists(), "a chunk gets its final name only once complete"
+        published.append(Path(path).name)
+        real_publish(tmp, path)
+
+    def no_read_back(path: Path) -> None:
+        raise AssertionError(f"read back {path}: a fresh pack selects from the records the workers return")
+
+    real_publish = shardgan.pack.publish
+    monkeypatch.setattr(shardgan.pack, "publish", publish)
+    monkeypatch.setattr(shardgan.pack, "read_chunk_records", no_read_back)
+    for workers in (1, 2):
+        published.clear()
+        pack(tmp_path / "src", tmp_path / f"dst{workers}", workers=workers, keep_work=True)
+        work = tmp_path / f"dst{workers}" / ".work"
+        assert published == sorted(p.name for p in work.glob("chunk-*.bin")) and len(published) == 5
+        assert not list(work.glob(".*.tmp"))
+        shutil.rmtree(work)
+        assert tree_bytes(tmp_path / f"dst{workers}") == tree_bytes(tmp_path / "reference")
+
+
+def test_summary_profiles_every_stage(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 20)
+    summary = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, workers=2, log=lambda line: None)
+    stages = summary.stage_seconds
+    assert all(stages[s] > 0 for s in ("decode", "resize", "filter", "encode", "chunk write"))
+    main = sum(stages[s] for s in ("scan", "start-up", "encode stage", "write stage", "clean-up"))
+    assert 0.9 * summary.seconds <= main <= summary.seconds
+
+
+def test_unfinished_work_of_another_plan_version_is_not_mixed_in(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 40)
+    pack(tmp_path / "src", tmp_path / "dst", part=(0, 2))
+    plan_path = tmp_path / "dst" / ".work" / "plan.json"
+    plan_path.write_text(plan_path.read_text().replace(f'"version":{shardgan.pack.PLAN_VERSION}', '"version":1'))
+    with pytest.raises(DataError, match="unfinished pack of different inputs or options"):
+        pack(tmp_path / "src", tmp_path / "dst")

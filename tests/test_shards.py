@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import subprocess
 import tarfile
 
@@ -74,3 +77,31 @@ def test_decode_rejects_wrong_shape_and_garbage():
         decode_image(b"not an image", "png", 14, 22, 3)
     with pytest.raises(ValueError, match="raw sample"):
         decode_image(b"\x00" * 10, "raw", 14, 22, 3)
+
+
+def _webdataset_tar(path, samples: list[Sample], fmt: str) -> list[int]:
+    """The reference writer write_shard replaces, and the sample offsets tarfile finds in its output."""
+    ext = "npy" if fmt == "raw" else fmt
+    with open(path, "wb") as f, wds.TarWriter(f, user="shardgan", group="shardgan", mode=0o444, encoder=False, mtime=0) as writer:
+        for s in samples:
+            writer.write({"__key__": s.key, "json": json.dumps(s.meta, sort_keys=True).encode(), ext: s.image})
+    with tarfile.open(path) as tar:
+        members = list(tar)
+    return [m.offset for m in members[::2]] + [members[-1].offset_data + -(-members[-1].size // 512) * 512]
+
+
+@pytest.mark.parametrize("fmt", IMAGE_FORMATS)
+def test_one_pass_writer_gives_webdataset_tarwriter_bytes_and_offsets(tmp_path, fmt):
+    samples = _samples(7, fmt) + [Sample(sample_key(7, 12), b"", {"src": "v.mkv", "frame": 12})]
+    info = write_shard(tmp_path / "ours.tar", samples, fmt)
+    offsets = _webdataset_tar(tmp_path / "theirs.tar", samples, fmt)
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "theirs.tar").read_bytes()
+    assert info.offsets == offsets and info.num_bytes == len(ours) and info.sha256 == hashlib.sha256(ours).hexdigest()
+
+
+def test_raw_encoding_is_np_save(tmp_path):
+    for pixels in (game_frame(1, 22, 14), game_frame(2, 9, 5)[:, :, :1], game_frame(3, 22, 14)[:, ::-1]):
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
+        assert encode_image(pixels, "raw") == buf.getvalue()
