@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import tarfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_samp
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+MAX_OPEN_FILES = 8
+"""Open shard files per reader: the epoch order walks shards one after another, so a few suffice."""
 URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
 
 
@@ -124,19 +127,30 @@ def _select_shards(manifest: Manifest, split: str, names: list[str]) -> list[Sha
 
 
 class LocalReader:
-    """Random access to local shards: one pread per sample; files stay open for the worker's life."""
+    """Random access to local shards: one pread per sample.
 
-    def __init__(self, source: ShardSource):
+    At most `max_open_files` shards stay open (least recently used closed first): a worker
+    touches every shard of its plan slice, and a long epoch must not run into `ulimit -n`.
+    """
+
+    def __init__(self, source: ShardSource, max_open_files: int = MAX_OPEN_FILES):
         self.source = source
-        self._files: dict[int, BinaryIO] = {}
+        self.max_open_files = max_open_files
+        self._files: OrderedDict[int, BinaryIO] = OrderedDict()
 
     def _file(self, shard: int) -> BinaryIO:
-        if shard not in self._files:
-            path = self.source.manifest.shard_path(self.source.shards[shard])
-            try:
-                self._files[shard] = open(path, "rb", buffering=0)
-            except FileNotFoundError:
-                raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if len(self._files) >= self.max_open_files:
+            self._files.popitem(last=False)[1].close()
+        path = self.source.manifest.shard_path(self.source.shards[shard])
+        try:
+            self._files[shard] = open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        except OSError as e:
+            raise DataError(f"cannot open shard {path}: {e.strerror}") from None
         return self._files[shard]
 
     def read(self, shard: int, index: int) -> dict[str, bytes]:
