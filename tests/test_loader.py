@@ -189,19 +189,19 @@ def test_restore_refuses_a_state_that_cannot_continue(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_pipe_urls_stream_the_same_batches_as_local_files(dataset, num_workers):
+def test_pipe_urls_give_the_same_batches_as_local_files(dataset, tmp_path, num_workers):
     local = all_ranks_epoch(dataset, 2, batch_size=3)
     pattern = f"pipe:cat {dataset}/train-{{000000..000003}}.tar"
-    streamed = all_ranks_epoch(pattern, 2, batch_size=3, num_workers=num_workers, manifest=str(dataset / "manifest.json"))
+    streamed = all_ranks_epoch(pattern, 2, batch_size=3, num_workers=num_workers, cache_dir=str(tmp_path))
     assert streamed == local
 
 
-def test_streamed_restore_is_exact(dataset):
-    pattern, manifest = f"pipe:cat {dataset}/train-{{000000..000003}}.tar", str(dataset / "manifest.json")
-    uninterrupted = take(make_loader(pattern, manifest=manifest), 22)
-    before = make_loader(pattern, manifest=manifest)
+def test_pipe_restore_is_exact(dataset, tmp_path):
+    pattern, cache = f"pipe:cat {dataset}/train-{{000000..000003}}.tar", str(tmp_path)
+    uninterrupted = take(make_loader(pattern, cache_dir=cache), 22)
+    before = make_loader(pattern, cache_dir=cache)
     take(before, 7)
-    after = make_loader(pattern, manifest=manifest, num_workers=2)
+    after = make_loader(pattern, cache_dir=cache, num_workers=2)
     after.load_state_dict(before.state_dict())
     assert take(after, 15) == uninterrupted[7:]
 
@@ -212,11 +212,13 @@ def test_brace_pattern_selects_a_subset_of_local_shards(dataset):
     assert sorted(keys) == [f"{i:09d}" for i in range(7, 25)]  # shards 1 and 2 hold samples 7..24
 
 
-def test_url_shards_need_a_manifest(dataset):
-    with pytest.raises(DataError, match="set data.manifest"):
-        make_loader(f"pipe:cat {dataset}/train-000000.tar")
-    with pytest.raises(DataError, match="shard nope.tar is not in split 'train'"):
+def test_url_shards_find_their_manifest_beside_them(dataset, tmp_path):
+    loader = make_loader(f"pipe:cat {dataset}/train-000001.tar", cache_dir=str(tmp_path))
+    assert loader.source.num_samples == 13 and loader.manifest.origin == f"pipe:cat {dataset}/manifest.json"
+    with pytest.raises(DataError, match="shard nope.tar is not in split 'train' of .*manifest.json"):
         make_loader("pipe:cat /x/nope.tar", manifest=str(dataset))
+    with pytest.raises(DataError, match="mixes local paths and URLs"):
+        make_loader(f"{dataset}/train-000000.tar::pipe:cat {dataset}/train-000001.tar")
 
 
 def test_batch_larger_than_the_split_is_refused(dataset):
