@@ -30,7 +30,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .cache import Prefetcher, ShardCache, default_cache_dir
 from .config import DataConfig
 from .errors import CorruptSampleError, DataError
-from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, parse_manifest
+from .manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    check_shards_present,
+    load_manifest,
+    load_samples,
+    parse_manifest,
+)
 from .plan import RankPlan, epoch_order
 from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_sample
 from .sources import FetchPolicy, fetch_bytes, sibling, url_name
@@ -203,6 +212,17 @@ def _key_at(f: BinaryIO, start: int, index: int) -> str:
         return parse_header(f.read(TAR_BLOCK))[0].split(".", 1)[0]
     except ValueError:
         return f"#{index}"
+
+
+def sample_images(cfg: DataConfig, split: str, count: int, seed: int) -> torch.Tensor:
+    """`count` random samples of `split` as uint8 (N, C, H, W), wherever data.shards points
+    (remote shards through the cache): e.g. the real images SWD compares against."""
+    source = resolve_source(cfg, split)
+    reader = ShardReader(source, build_cache(cfg) if source.urls is not None else None)
+    try:
+        return load_samples(source.manifest, count, seed, split, read=reader.read)
+    finally:
+        reader.close()
 
 
 # -- decoding ------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ class Manifest:
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits or not self.splits[name].shards:
             have = ", ".join(k for k, v in self.splits.items() if v.shards) or "none"
-            raise DataError(f"{self.origin or self.root / MANIFEST_NAME}: no split {name!r} (splits: {have})")
+            hint = "; pack with --val, e.g. --val 512, to hold out one" if name == "val" else ""
+            raise DataError(f"{self.origin or self.root / MANIFEST_NAME}: no split {name!r} (splits: {have}{hint})")
         return self.splits[name]
 
     def shard_path(self, shard: ShardInfo) -> Path:
@@ -274,14 +275,23 @@ def verify_shard(manifest: Manifest, shard: ShardInfo) -> list[str]:
     return problems
 
 
-def load_samples(manifest: Manifest, count: int, seed: int, split: str = "train"):
-    """`count` random samples of a split as a uint8 (B, C, H, W) tensor, e.g. for a contact sheet."""
+def load_samples(manifest: Manifest, count: int, seed: int, split: str = "train", read=None):
+    """`count` random samples of a split as a uint8 (B, C, H, W) tensor, e.g. for a contact sheet.
+
+    `read(shard_number, index)` -> the sample's members; default: from the local shard files."""
     import numpy as np
     import torch
 
     from .shards import decode_image, read_sample
 
     shards = manifest.split(split).shards
+    if read is None:
+
+        def read(shard_no: int, index: int) -> dict[str, bytes]:
+            shard = shards[shard_no]
+            with open(manifest.shard_path(shard), "rb") as f:
+                return read_sample(f, shard.offsets[index], shard.offsets[index + 1])
+
     sizes = np.array([s.num_samples for s in shards])
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(sizes.sum(), size=min(count, int(sizes.sum())), replace=False))
@@ -289,9 +299,7 @@ def load_samples(manifest: Manifest, count: int, seed: int, split: str = "train"
     images = []
     for pick in picks:
         shard_no = int(np.searchsorted(starts, pick, side="right") - 1)
-        shard, index = shards[shard_no], int(pick - starts[shard_no])
-        with open(manifest.shard_path(shard), "rb") as f:
-            members = read_sample(f, shard.offsets[index], shard.offsets[index + 1])
+        members = read(shard_no, int(pick - starts[shard_no]))
         image = next(v for k, v in members.items() if k not in ("__key__", "json"))
         pixels = decode_image(image, manifest.image_format, manifest.height, manifest.width, manifest.channels)
         images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))  # (C, H, W)
