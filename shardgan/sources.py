@@ -181,15 +181,24 @@ def _s3_client(pid: int, timeout_s: float):
 
 
 def sibling(url: str, name: str) -> str:
-    """The URL of file `name` in the same place as `url` (for a `pipe:` command: its last word's folder)."""
+    """The URL of file `name` in the same place as `url` (in a `pipe:` command: beside its shard path)."""
     if url.startswith("pipe:"):
-        command, last = url.rsplit(None, 1) if " " in url.strip() else ("", url)
-        return f"{command} {posixpath.join(posixpath.dirname(last), name)}".strip()
+        words = url.split(" ")
+        i = _path_word(words)
+        words[i] = posixpath.join(posixpath.dirname(words[i]), name)
+        return " ".join(words)
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, posixpath.join(posixpath.dirname(parts.path), name), "", ""))
 
 
 def url_name(url: str) -> str:
     """The file name a URL points at: `pipe:cat /d/train-000001.tar` -> train-000001.tar."""
-    last = url.split()[-1] if url.startswith("pipe:") else urlsplit(url).path
-    return posixpath.basename(last)
+    if url.startswith("pipe:"):
+        words = url.split(" ")
+        return posixpath.basename(words[_path_word(words)])
+    return posixpath.basename(urlsplit(url).path)
+
+
+def _path_word(words: list[str]) -> int:
+    """Which word of a `pipe:` command is the shard's path: the last one ending in .tar, else the last."""
+    return max((i for i, w in enumerate(words) if w.endswith(".tar")), default=len(words) - 1)
