@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from shardgan import sources
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
@@ -93,3 +94,37 @@ def test_val_split_of_url_and_brace_pattern_shards(dataset, server, tmp_path, ki
     keys = sorted(k for b in ShardLoader(cfg, split="val") for k in b["key"])  # data.split stays train
     assert keys == [f"{i:09d}" for i in range(45, 55)]  # val holds samples 45..54 in 2 shards
     assert torch.equal(load_real_images(cfg, 8), load_real_images(DataConfig(shards=str(dataset)), 8))
+
+
+@pytest.fixture
+def s3_endpoint(monkeypatch):
+    """A moto S3 server on 127.0.0.1 (the `s3` extra's boto3 talks to it via AWS_ENDPOINT_URL)."""
+    pytest.importorskip("boto3")
+    server_module = pytest.importorskip("moto.server")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    sources._s3_client.cache_clear()  # a client holds its endpoint
+    yield
+    sources._s3_client.cache_clear()
+    server.stop()
+
+
+def test_s3_shards_from_a_local_s3_server_equal_local_files(dataset, s3_endpoint, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="frames")
+    for path in dataset.iterdir():
+        s3.upload_file(str(path), "frames", f"packed/{path.name}")
+    url = f"s3://frames/packed/{PATTERN}"
+    assert all_ranks_epoch(url, 2, batch_size=3, num_workers=1, cache_dir=str(tmp_path), **FAST) == all_ranks_epoch(dataset, 2, batch_size=3)
+    cfg = DataConfig(shards=url, cache_dir=str(tmp_path), **FAST)
+    assert torch.equal(load_real_images(cfg, 8), load_real_images(DataConfig(shards=str(dataset)), 8))
+    with pytest.raises(DataError, match="cannot fetch s3://frames/packed/nope/manifest.json: NoSuchKey"):
+        make_loader("s3://frames/packed/nope/train-000000.tar", cache_dir=str(tmp_path), **FAST)
