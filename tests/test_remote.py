@@ -128,3 +128,23 @@ def test_s3_shards_from_a_local_s3_server_equal_local_files(dataset, s3_endpoint
     assert torch.equal(load_real_images(cfg, 8), load_real_images(DataConfig(shards=str(dataset)), 8))
     with pytest.raises(DataError, match="cannot fetch s3://frames/packed/nope/manifest.json: NoSuchKey"):
         make_loader("s3://frames/packed/nope/train-000000.tar", cache_dir=str(tmp_path), **FAST)
+
+
+@pytest.mark.slow
+def test_training_from_http_killed_and_resumed_on_a_cold_cache_equals_local_disk(tiny_shards, straight, tmp_path):
+    """`straight` trained from local files; this run streams over http with faults, is killed
+    after a checkpoint, and resumes with an empty cache (another node): bit-identical end."""
+    run, cache = tmp_path / "http", tmp_path / "cache"
+    with serve(tiny_shards) as server:
+        server.once["train-000001.tar"] = ["drop", "500"]
+        url = f"{server.url}/train-{{000000..000002}}.tar"
+        extra = (f"data.cache_dir={cache}", "data.fetch_backoff_s=0.05")
+        proc = subprocess.Popen([PYTHON, "-m", "shardgan.train", *train_args(url, run, *extra)], env=ENV, stderr=subprocess.DEVNULL)
+        wait_for(lambda: checkpoint_exists(run, 10), proc)
+        proc.kill()
+        proc.wait()
+        assert newest_step(run) < STEPS
+        assert server.requests["train-000001.tar"] >= 3  # the faults were met
+        shutil.rmtree(cache)
+        assert train_inprocess(url, run, *extra) == 0
+    assert_same_final(straight, run)
