@@ -22,7 +22,8 @@ Over http (a `python -m http.server` on 127.0.0.1 serving the PNG epoch), interl
 
   (f) shardgan, cold cache (emptied before each round): fetch + verify + prefetch + read;
   (g) shardgan, warm cache: every shard already on this node;
-  (h) plain webdataset over the same URLs (its default: a curl pipe per shard), as (c).
+  (h) plain webdataset over the same URLs (its default: a curl pipe per shard), as (c);
+  (i) shardgan over the same shards as local files, the reference for (g).
 
 Ratios follow; the last line is one JSON object.
 
@@ -94,9 +95,10 @@ class PngDataset(StreamingDataset):
 
 def http_ratio_lines(r: dict) -> dict[str, float]:
     ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
-              "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
+              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
     print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
-          f"{ratios['http_warm_vs_wds_http']:.2f}x; restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
+          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
+          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
     return ratios
 
 
@@ -306,18 +308,19 @@ def serve_http(directory: Path) -> tuple[subprocess.Popen, str]:
 
 
 def http_rows(shards: Path, workers: int, batch_size: int, rounds: int, cache: Path) -> dict[str, float]:
-    """Rows (f)-(h), interleaved over rounds so drifting machine load hits all three alike."""
+    """Rows (f)-(i), interleaved over rounds so drifting machine load hits all three alike."""
     names = sorted(p.name for p in shards.glob("train-*.tar"))
     proc, base = serve_http(shards)
     try:
         pattern = f"{base}/train-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar"
         cfg = replace(data_config(shards, workers, batch_size), shards=pattern, cache_dir=str(cache))
-        rates: dict[str, list[float]] = {"http_cold": [], "http_warm": [], "wds_http": []}
+        rates: dict[str, list[float]] = {"http_cold": [], "http_warm": [], "wds_http": [], "local": []}
         for _ in range(rounds):
             shutil.rmtree(cache, ignore_errors=True)
             rates["http_cold"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
             rates["http_warm"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
             rates["wds_http"].append(webdataset_http(base, names, workers, batch_size))
+            rates["local"].append(epoch_rate(ShardLoader(data_config(shards, workers, batch_size)), lambda b: len(b["key"])))
         out = {f"{row}_sps": statistics.median(values) for row, values in rates.items()}
         out["restore_0_http_s"] = restore_seconds(cfg, 0.0)  # warm cache
         out["restore_90_http_s"] = restore_seconds(cfg, 0.9)
@@ -352,7 +355,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--http-rounds", type=int, default=3, help="interleaved rounds of the http rows (medians)")
-    parser.add_argument("--only-http", action="store_true", help="only the http rows (f)-(h)")
+    parser.add_argument("--only-http", action="store_true", help="only the http rows (f)-(i)")
     parser.add_argument("--work", help="keep generated frames and shards here and reuse them (default: a temp dir)")
     args = parser.parse_args()
     frames_n, epoch_samples = (384, 4096) if args.quick else (args.frames, args.epoch_samples)
@@ -385,6 +388,7 @@ def main() -> None:
         print(f"(f) shardgan png over http, cold cache: {r['http_cold_sps']:9.0f} samples/s (median of {args.http_rounds})", flush=True)
         print(f"(g) shardgan png over http, warm cache: {r['http_warm_sps']:9.0f} samples/s", flush=True)
         print(f"(h) plain webdataset png over http:     {r['wds_http_sps']:9.0f} samples/s", flush=True)
+        print(f"(i) shardgan png, local files:          {r['local_sps']:9.0f} samples/s", flush=True)
         print(f"time to first batch after restore over http (warm): at 0% {r['restore_0_http_s']:.3f} s, "
               f"at 90% {r['restore_90_http_s']:.3f} s", flush=True)
 
@@ -416,9 +420,10 @@ def ratio_lines(r: dict, workers: int) -> dict[str, float | None]:
 
 def http_ratio_lines(r: dict) -> dict[str, float]:
     ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
-              "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
+              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
     print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
-          f"{ratios['http_warm_vs_wds_http']:.2f}x; restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
+          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
+          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
     return ratios
 
 

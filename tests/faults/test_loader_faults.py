@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ..conftest import build_dataset, game_frame
-from ..test_loader import make_loader, take
+from ..test_loader import make_loader
 from ..test_loader_ddp import run_torchrun
 from shardgan.errors import CorruptSampleError, DataError
 
@@ -80,7 +80,7 @@ def test_remote_shard_that_differs_from_the_manifest_stops_naming_its_url(tmp_pa
         list(loader)
     assert str(err.value).startswith(f"cannot fetch pipe:cat {tmp_path}/d/{shard.name}: got ")
     assert str(err.value).endswith("(gave up after 2 tries)") and "\n" not in str(err.value)
-    assert not list((tmp_path / "cache").glob(f"train-000003-*"))  # never cached
+    assert not list((tmp_path / "cache").glob("train-000003-*"))  # never cached
 
 
 def test_a_batch_with_no_good_sample_stops_naming_the_shard(tmp_path):
