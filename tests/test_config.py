@@ -73,3 +73,12 @@ def test_import_seed_ini(tmp_path: Path) -> None:
     assert cfg.model == gc7m.model
     assert (cfg.optim.lr_g, cfg.optim.lr_d, cfg.optim.beta1) == (2e-4, 2e-4, 0.5)
     assert (cfg.data.shards, cfg.data.batch_size, cfg.train.epochs, cfg.run.root) == ("/data/sm64", 128, 1000, "output")
+
+
+def test_cache_limit_takes_a_size_with_a_unit() -> None:
+    assert load_config(None, ["data.cache_limit=200GB"]).data.cache_limit_bytes == 200 * 10**9
+    assert load_config(None, ["data.cache_limit=1.5GiB"]).data.cache_limit_bytes == 3 * 2**29
+    assert load_config(None).data.cache_limit_bytes == 0  # no limit
+    for bad in ("lots", "-1GB", "5XB"):
+        with pytest.raises(ConfigError, match=f"data.cache_limit: expected a size like 200GB, 500MB or 0, got '{bad}'"):
+            load_config(None, [f"data.cache_limit={bad}"])

@@ -3,6 +3,7 @@ cold or warm cache, exact restore, faults survived or reported in one line, the 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from shardgan.quality import load_real_images
 from .conftest import PYTHON, build_dataset
 from .http_server import serve
 from .test_loader import SIZES, all_ranks_epoch, make_loader, take
+from .test_loader_ddp import run_torchrun
 from .trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, train_args, train_inprocess, wait_for
 
 PATTERN = "train-{000000..000003}.tar"
@@ -148,3 +150,12 @@ def test_training_from_http_killed_and_resumed_on_a_cold_cache_equals_local_disk
         shutil.rmtree(cache)
         assert train_inprocess(url, run, *extra) == 0
     assert_same_final(straight, run)
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_over_http_equal_local_files_and_share_each_download(dataset, server, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the ranks' default cache directory lands here
+    reports = run_torchrun(f"{server.url}/{PATTERN}", tmp_path)
+    assert [r["keys"] for r in reports] == all_ranks_epoch(dataset, 2, batch_size=3)
+    assert {server.requests[f"train-{i:06d}.tar"] for i in range(4)} == {1}
+    assert len(list((tmp_path / f"shardgan-cache-{os.getuid()}").glob("train-*.tar"))) == 4
