@@ -22,10 +22,25 @@ from .errors import ConfigError
 @dataclass
 class DataConfig:
     shards: str = "data/demo_shards"
-    """Directory with manifest.json (or a file path to one), or shard URLs webdataset opens:
-    a brace pattern of paths, `pipe:` commands or http/s3 URLs ("::" separates patterns)."""
+    """Directory with manifest.json (or a file path to one), or a brace pattern of shard paths or
+    URLs: http(s)://, s3:// (the `s3` extra), file: or `pipe:COMMAND` ("::" separates patterns).
+    Other splits (val) are found beside the first shard, under their manifest names."""
     manifest: str = ""
-    """manifest.json for URL shards (empty: the one beside local shard paths)."""
+    """manifest.json path or URL (empty: the one beside the first shard)."""
+    cache_dir: str = ""
+    """Node-local directory for copies of remote shards: each is downloaded once per node, shared
+    by all its ranks and workers, and read like a local shard. Empty: shardgan-cache-<uid> in the
+    system temp directory."""
+    cache_limit: str = "0"
+    """Evict least-recently-used cached shards past this size, e.g. "200GB" or "500MB"; "0": never."""
+    prefetch_shards: int = 2
+    """Remote shards each worker downloads ahead of the one it is reading."""
+    fetch_attempts: int = 5
+    """Tries per download of a shard or manifest before a one-line error names its URL."""
+    fetch_backoff_s: float = 1.0
+    """Wait before the second try; doubles for each further one."""
+    fetch_timeout_s: float = 60.0
+    """Socket timeout for http(s) and s3: a stalled connection fails the try."""
     split: str = "train"
     """Which split of the manifest to train on (pack writes train and, with --val, val)."""
     batch_size: int = 128
@@ -54,6 +69,15 @@ class DataConfig:
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
         _check(self.prefetch_factor >= 1, "data.prefetch_factor must be >= 1")
+        _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
+        _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")
+        _check(self.fetch_backoff_s >= 0 and self.fetch_timeout_s > 0, "data.fetch_backoff_s must be >= 0, data.fetch_timeout_s > 0")
+        parse_size(self.cache_limit, "data.cache_limit")  # refused now, not at the first download
+
+    @property
+    def cache_limit_bytes(self) -> int:
+        """data.cache_limit in bytes (0: no limit)."""
+        return parse_size(self.cache_limit, "data.cache_limit")
 
 
 @dataclass
@@ -185,6 +209,22 @@ class Config:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str, where: str) -> int:
+    """"200GB" -> 200_000_000_000; "1.5GiB", "500MB", "0" also work."""
+    number = text.strip().upper().rstrip("BIKMGT")
+    unit = text.strip().upper()[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if value < 0 or unit not in SIZE_UNITS:
+        raise ConfigError(f"{where}: expected a size like 200GB, 500MB or 0, got {text!r}")
+    return int(value * SIZE_UNITS[unit])
 
 
 def _check(ok: bool, message: str) -> None:

@@ -6,9 +6,9 @@ samples (one pread each, from the manifest's offsets; skipped samples are never 
 and yields whole uint8 batches. The main process only counts batches handed out, so
 the position is one number, `samples_seen`, checkpointed in `state_dict()`.
 
-Shards given as URLs webdataset opens (`pipe:`, http) have no random access: each
-worker streams the shards it needs with webdataset's tar iterators and keeps only
-its own samples.
+Remote shards (http(s), s3, `pipe:` URLs) are fetched whole into the node-local cache
+(cache.py), verified against the manifest's sha256, and read from there with the same
+preads, so resuming deep into an epoch costs the same for them as for local shards.
 """
 
 from __future__ import annotations
@@ -16,29 +16,42 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tarfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .cache import Prefetcher, ShardCache, default_cache_dir
 from .config import DataConfig
 from .errors import CorruptSampleError, DataError
-from .manifest import Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest
+from .manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    check_shards_present,
+    load_manifest,
+    load_samples,
+    parse_manifest,
+)
 from .plan import RankPlan, epoch_order
 from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_sample
+from .sources import FetchPolicy, fetch_bytes, sibling, url_name
 from .stop import blocked, ignore_in_worker
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+MAX_OPEN_FILES = 8
+"""Open shard files per reader: the epoch order walks shards one after another, so a few suffice."""
 URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
+"""gs:// is refused by sources.py with a hint (pipe:gsutil cat URL)."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +68,13 @@ class CorruptReport:
 
 @dataclass(frozen=True)
 class ShardSource:
-    """The split's shards: a manifest restricted to them, and URLs when they must be streamed."""
+    """The split's shards: the manifest, and URLs when they are remote."""
 
     manifest: Manifest
     split: str
     urls: tuple[str, ...] | None
-    """None: local files, read by pread at the manifest's offsets."""
+    """None: local files, read by pread at the manifest's offsets; else one URL per shard,
+    fetched into the node-local cache and read from there the same way."""
 
     @property
     def shards(self) -> list[ShardInfo]:
@@ -81,64 +95,101 @@ def is_url_pattern(shards: str) -> bool:
     return shards.startswith(URL_SCHEMES) or "{" in shards or "::" in shards or shards.endswith(".tar")
 
 
-def url_shard_name(url: str) -> str:
-    """The shard file name a URL points at: `pipe:cat /d/train-000001.tar` -> train-000001.tar."""
-    if url.startswith("pipe:"):
-        return Path(url.split()[-1]).name
-    return Path(urlparse(url).path).name
+def is_remote(location: str) -> bool:
+    return location.startswith(URL_SCHEMES)
 
 
 def resolve_source(cfg: DataConfig, split: str) -> ShardSource:
-    """Load the manifest and check (stat only) that local shards are all there, at start-up."""
+    """Load the manifest and check (stat only) that local shards are all there, at start-up.
+
+    A pattern selects shards of `cfg.split`; any other split (val) is taken whole, from beside
+    the pattern's first shard.
+    """
     if not is_url_pattern(cfg.shards):
         manifest = load_manifest(cfg.manifest or cfg.shards)
         manifest.split(split)
         check_shards_present(manifest, split)
         return ShardSource(manifest, split, None)
     urls = wds.shardlists.expand_urls(cfg.shards)
-    local = all(not u.startswith(URL_SCHEMES) for u in urls)
-    if not cfg.manifest and not local:
-        raise DataError(f"data.shards {cfg.shards!r} are URLs: set data.manifest to their manifest.json")
-    manifest = load_manifest(cfg.manifest or Path(urls[0]).parent)
-    selected = _select_shards(manifest, split, [url_shard_name(u) for u in urls])
-    manifest = replace(manifest, splits={split: SplitInfo(selected)})
-    if local:
-        if len({Path(u).parent for u in urls}) != 1:
-            raise DataError(f"data.shards {cfg.shards!r}: local shards must share one directory")
-        manifest = replace(manifest, root=Path(urls[0]).parent)
-        check_shards_present(manifest, split)
-        return ShardSource(manifest, split, None)
-    return ShardSource(manifest, split, tuple(urls))
+    remote = [is_remote(u) for u in urls]
+    if any(remote) and not all(remote):
+        raise DataError(f"data.shards {cfg.shards!r} mixes local paths and URLs")
+    manifest = _load_manifest(cfg.manifest or sibling(urls[0], MANIFEST_NAME), cfg)
+    if split == cfg.split:
+        selected = _select_shards(manifest, split, [url_name(u) for u in urls])
+        manifest = replace(manifest, splits={**manifest.splits, split: SplitInfo(selected)})
+    else:
+        urls = [sibling(urls[0], s.name) for s in manifest.split(split).shards]
+    if remote[0]:
+        return ShardSource(manifest, split, tuple(urls))
+    if len({Path(u).parent for u in urls}) != 1:
+        raise DataError(f"data.shards {cfg.shards!r}: local shards must share one directory")
+    manifest = replace(manifest, root=Path(urls[0]).parent)
+    check_shards_present(manifest, split)
+    return ShardSource(manifest, split, None)
+
+
+def _load_manifest(location: str, cfg: DataConfig) -> Manifest:
+    if is_remote(location):
+        return parse_manifest(fetch_bytes(location, fetch_policy(cfg)), location)
+    return load_manifest(location)
 
 
 def _select_shards(manifest: Manifest, split: str, names: list[str]) -> list[ShardInfo]:
     by_name = {s.name: s for s in manifest.split(split).shards}
     for name in names:
         if name not in by_name:
-            raise DataError(f"shard {name} is not in split {split!r} of {manifest.root / 'manifest.json'}")
+            raise DataError(f"shard {name} is not in split {split!r} of {manifest.origin}")
     if len(set(names)) != len(names):
         raise DataError(f"data.shards names a shard twice: {sorted(n for n in names if names.count(n) > 1)[0]}")
     return [by_name[n] for n in names]
 
 
+def fetch_policy(cfg: DataConfig) -> FetchPolicy:
+    return FetchPolicy(cfg.fetch_attempts, cfg.fetch_backoff_s, cfg.fetch_timeout_s)
+
+
+def build_cache(cfg: DataConfig) -> ShardCache:
+    return ShardCache(cfg.cache_dir or default_cache_dir(), cfg.cache_limit_bytes, fetch_policy(cfg))
+
+
 # -- reading one sample -----------------------------------------------------------------
 
 
-class LocalReader:
-    """Random access to local shards: one pread per sample; files stay open for the worker's life."""
+class ShardReader:
+    """Random access to shards: one pread per sample, from local files or cached copies.
 
-    def __init__(self, source: ShardSource):
+    At most `max_open_files` shards stay open (least recently used closed first): a worker
+    touches every shard of its plan slice, and a long epoch must not run into `ulimit -n`.
+    """
+
+    def __init__(self, source: ShardSource, cache: ShardCache | None = None, max_open_files: int = MAX_OPEN_FILES):
+        assert (cache is None) == (source.urls is None), "remote shards are read through a cache"
         self.source = source
-        self._files: dict[int, BinaryIO] = {}
+        self.cache = cache
+        self.max_open_files = max_open_files
+        self._files: OrderedDict[int, BinaryIO] = OrderedDict()
 
     def _file(self, shard: int) -> BinaryIO:
-        if shard not in self._files:
-            path = self.source.manifest.shard_path(self.source.shards[shard])
-            try:
-                self._files[shard] = open(path, "rb", buffering=0)
-            except FileNotFoundError:
-                raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        if len(self._files) >= self.max_open_files:
+            self._files.popitem(last=False)[1].close()
+        self._files[shard] = self._open(shard)
         return self._files[shard]
+
+    def _open(self, shard: int) -> BinaryIO:
+        info = self.source.shards[shard]
+        if self.cache is not None:
+            return self.cache.open(self.source.urls[shard], info)
+        path = self.source.manifest.shard_path(info)
+        try:
+            return open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        except OSError as e:
+            raise DataError(f"cannot open shard {path}: {e.strerror}") from None
 
     def read(self, shard: int, index: int) -> dict[str, bytes]:
         info = self.source.shards[shard]
@@ -157,52 +208,22 @@ class LocalReader:
 
 def _key_at(f: BinaryIO, start: int, index: int) -> str:
     """The key in the tar header at `start`, or `#index` when the header itself is unreadable."""
-    f.seek(start)
+    f.seek(int(start))
     try:
         return parse_header(f.read(TAR_BLOCK))[0].split(".", 1)[0]
     except ValueError:
         return f"#{index}"
 
 
-class StreamReader:
-    """Sequential access to URL shards: stream each needed shard once, keep only the needed samples."""
-
-    def __init__(self, source: ShardSource, needed: np.ndarray):
-        """`needed`: (n, 2) [shard, index] rows this worker will ask for."""
-        assert source.urls is not None
-        self.source = source
-        self._needed: dict[int, set[int]] = {}
-        for shard, index in needed.tolist():
-            self._needed.setdefault(shard, set()).add(index)
-        self._cache: dict[tuple[int, int], dict[str, Any]] = {}
-        self._errors: dict[int, str] = {}
-
-    def _stream(self, shard: int) -> None:
-        url = self.source.urls[shard]
-        want = self._needed.pop(shard, set())
-        count = 0
-        try:
-            for count, sample in enumerate(wds.tariterators.tarfile_samples([{"url": url}]), start=1):
-                if count - 1 in want:
-                    self._cache[(shard, count - 1)] = sample
-        except (OSError, ValueError, tarfile.TarError) as e:
-            self._errors[shard] = f"stream of {url} failed after {count} samples: {e}".splitlines()[0]
-            return
-        expected = self.source.shards[shard].num_samples
-        if count != expected:  # tar streams end quietly at a truncated header
-            self._errors[shard] = f"stream of {url} ended after {count} of {expected} samples"
-
-    def read(self, shard: int, index: int) -> dict[str, Any]:
-        if shard in self._needed:
-            self._stream(shard)
-        sample = self._cache.pop((shard, index), None)
-        if sample is None:
-            reason = self._errors.get(shard, "sample missing from the stream")
-            raise CorruptSampleError(self.source.shards[shard].name, f"#{index}", reason)
-        return sample
-
-    def close(self) -> None:
-        self._cache.clear()
+def sample_images(cfg: DataConfig, split: str, count: int, seed: int) -> torch.Tensor:
+    """`count` random samples of `split` as uint8 (N, C, H, W), wherever data.shards points
+    (remote shards through the cache): e.g. the real images SWD compares against."""
+    source = resolve_source(cfg, split)
+    reader = ShardReader(source, build_cache(cfg) if source.urls is not None else None)
+    try:
+        return load_samples(source.manifest, count, seed, split, read=reader.read)
+    finally:
+        reader.close()
 
 
 # -- decoding ------------------------------------------------------------------------------
@@ -231,6 +252,8 @@ class PlanDataset(IterableDataset):
     def __init__(self, source: ShardSource, cfg: DataConfig, rank: int, world_size: int):
         super().__init__()
         self.source = source
+        self.cache = build_cache(cfg) if source.urls is not None else None
+        self.prefetch_shards = cfg.prefetch_shards
         self.seed = cfg.seed
         self.batch_size = cfg.batch_size
         self.on_corrupt = cfg.on_corrupt
@@ -255,12 +278,11 @@ class PlanDataset(IterableDataset):
         plan = self.plan()
         order = self.order(plan.epoch)
         batches = [order[plan.batch_slice(b)] for b in plan.worker_batches(worker, num_workers)]
-        if self.source.urls is None:
-            reader: LocalReader | StreamReader = LocalReader(self.source)
-        else:
-            reader = StreamReader(self.source, np.concatenate(batches) if batches else np.empty((0, 2), np.int64))
+        reader, prefetcher = self.open_reader(batches)
         try:
             for positions in batches:
+                if prefetcher is not None:
+                    prefetcher.reading(int(positions[0, 0]))
                 try:
                     batch = self.read_batch(reader, positions, shared=info is not None)
                 except DataError as e:
@@ -268,9 +290,20 @@ class PlanDataset(IterableDataset):
                     return
                 yield batch
         finally:
+            if prefetcher is not None:
+                prefetcher.close()
             reader.close()
 
-    def read_batch(self, reader: LocalReader | StreamReader, positions: np.ndarray, shared: bool) -> dict[str, Any]:
+    def open_reader(self, batches: list[np.ndarray]) -> tuple[ShardReader, Prefetcher | None]:
+        """A reader; for remote shards also a prefetcher over this worker's shards in first-use order."""
+        if self.cache is None:
+            return ShardReader(self.source), None
+        cache, shards, urls = self.cache, self.source.shards, self.source.urls
+        sequence = list(dict.fromkeys(np.concatenate(batches)[:, 0].tolist())) if batches else []
+        prefetcher = Prefetcher(lambda s: cache.ensure(urls[s], shards[s]), sequence, self.prefetch_shards)
+        return ShardReader(self.source, cache), prefetcher
+
+    def read_batch(self, reader: ShardReader, positions: np.ndarray, shared: bool) -> dict[str, Any]:
         """Read + decode the samples at `positions` ((B, 2) [shard, index]) into one batch.
 
         A corrupt sample is replaced by a good one of the same batch (on_corrupt=skip), so the
@@ -296,7 +329,7 @@ class PlanDataset(IterableDataset):
         # (B, C, H, W) view in channels_last memory format, what the trainer converts to anyway.
         return {"image": images.permute(0, 3, 1, 2), "key": keys, "corrupt": corrupt}
 
-    def _read_one(self, reader: LocalReader | StreamReader, out: np.ndarray, shard: int, index: int) -> str:
+    def _read_one(self, reader: ShardReader, out: np.ndarray, shard: int, index: int) -> str:
         sample = reader.read(shard, index)
         key = sample["__key__"]
         ext = EXTENSIONS[self.source.manifest.image_format]

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config
-from .errors import CheckpointError, ConfigError, DataError
+from .config import Config, DataConfig
+from .errors import CheckpointError, ConfigError
+from .loader import sample_images
 
 PATCH_SIZE = 7
 PATCHES_PER_IMAGE = 64
@@ -224,14 +225,9 @@ def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor, num_subsets: int
 # -- a generator against the val split ------------------------------------------------------
 
 
-def load_real_images(shards: str, num_images: int) -> torch.Tensor:
-    """Up to `num_images` held-out frames (the `val` split) as uint8 (N, C, H, W)."""
-    from .manifest import load_manifest, load_samples
-
-    manifest = load_manifest(shards)
-    if not manifest.splits.get("val") or not manifest.splits["val"].shards:
-        raise DataError(f"{manifest.root}: no val split to measure sample quality against (pack with --val, e.g. --val 512)")
-    return load_samples(manifest, num_images, seed=0, split="val")
+def load_real_images(data: DataConfig, num_images: int) -> torch.Tensor:
+    """Up to `num_images` held-out frames (the `val` split) as uint8 (N, C, H, W), local or remote."""
+    return sample_images(data, "val", num_images, seed=0)
 
 
 @torch.no_grad()
@@ -260,7 +256,7 @@ class Evaluator:
 
     @classmethod
     def build(cls, cfg: Config, device: torch.device) -> Evaluator:
-        real = load_real_images(cfg.data.shards, cfg.eval.num_images)
+        real = load_real_images(cfg.data, cfg.eval.num_images)
         inception = InceptionFeatures(cfg.eval.fid_weights, device) if cfg.eval.fid_weights else None
         return cls(
             swd=SlicedWasserstein(real),

@@ -192,6 +192,7 @@ def parse_members(blob: bytes) -> dict[str, bytes]:
 
 
 def read_sample(f: BinaryIO, start: int, end: int) -> dict[str, bytes]:
+    start, end = int(start), int(end)  # manifest offsets are numpy integers
     f.seek(start)
     blob = f.read(end - start)
     if len(blob) != end - start:

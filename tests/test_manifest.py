@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from shardgan.errors import DataError
@@ -64,3 +65,36 @@ def test_missing_or_truncated_shard_found_at_startup(tmp_path):
     shard.unlink()
     with pytest.raises(DataError, match="shard missing: .*train-000001.tar"):
         check_shards_present(manifest, "train")
+
+
+def test_version_1_manifests_still_load(tmp_path):
+    written = build_dataset(tmp_path / "ds", [3, 5], val_sizes=(2,))
+    doc = written.to_json()
+    for split in doc["splits"].values():  # version 1: a JSON list of offsets per shard
+        del split["offsets"]
+    for name, split in doc["splits"].items():
+        for entry, shard in zip(split["shards"], written.split(name).shards):
+            entry["offsets"] = list(shard.offsets)
+    (tmp_path / "ds" / MANIFEST_NAME).write_text(json.dumps({**doc, "version": 1}))
+    loaded = load_manifest(tmp_path / "ds")
+    assert loaded.to_json() == written.to_json()
+    assert [list(s.offsets) for s in loaded.split("train").shards] == [s.offsets for s in written.split("train").shards]
+
+
+def test_offsets_are_views_of_one_small_array_per_split(tmp_path):
+    build_dataset(tmp_path / "ds", [3, 5, 4])
+    shards = load_manifest(tmp_path / "ds").split("train").shards
+    base = shards[0].offsets.base
+    assert base is not None and all(s.offsets.base is base for s in shards)
+    assert shards[0].offsets.dtype == np.dtype("<u4") and len(base) == 3 + 5 + 4 + 3
+    doc = json.loads((tmp_path / "ds" / MANIFEST_NAME).read_text())
+    assert "offsets" not in doc["splits"]["train"]["shards"][0]
+
+
+def test_offsets_that_do_not_add_up_are_refused(tmp_path):
+    build_dataset(tmp_path / "ds", [3, 5])
+    doc = json.loads((tmp_path / "ds" / MANIFEST_NAME).read_text())
+    doc["splits"]["train"]["shards"][1]["num_samples"] = 6
+    (tmp_path / "ds" / MANIFEST_NAME).write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="malformed manifest .*10 offsets for shards that need 11"):
+        load_manifest(tmp_path / "ds")

@@ -16,9 +16,18 @@ start-up, is excluded everywhere) for:
   (e) the bound: one process reading the tars and decoding in a plain loop;
 
 and the time to the first batch after a restore at 0% and at 90% of an epoch.
+
+Over http (a `python -m http.server` on 127.0.0.1 serving the PNG epoch), interleaved over
+--http-rounds rounds, medians of whole-epoch samples/s (downloads included):
+
+  (f) shardgan, cold cache (emptied before each round): fetch + verify + prefetch + read;
+  (g) shardgan, warm cache: every shard already on this node;
+  (h) plain webdataset over the same URLs (its default: a curl pipe per shard), as (c);
+  (i) shardgan over the same shards as local files, the reference for (g).
+
 Ratios follow; the last line is one JSON object.
 
-    .venv/bin/python tools/bench_loader.py [--quick] [--workers 2]
+    .venv/bin/python tools/bench_loader.py [--quick] [--workers 2] [--only-http]
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,6 +92,15 @@ class PngDataset(StreamingDataset):
         if FMT == "png":
             item["image"] = np.asarray(Image.open(io.BytesIO(item["image"])).convert("RGB"))
         return item
+
+def http_ratio_lines(r: dict) -> dict[str, float]:
+    ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
+              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
+    print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
+          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
+          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
+    return ratios
+
 
 if __name__ == "__main__":
     shards, out, workers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -243,12 +263,12 @@ def bound_loop(shards: Path, image_format: str, batch_size: int, max_samples: in
     return steady_rate(batches(), max_samples=max_samples)
 
 
-def restore_seconds(shards: Path, workers: int, batch_size: int, fraction: float, trials: int = 3) -> float:
+def restore_seconds(cfg: DataConfig, fraction: float, trials: int = 3) -> float:
     """Median time from building a loader + loading a state at `fraction` of an epoch to its first batch."""
     times = []
     for _ in range(trials):
         start = time.perf_counter()
-        loader = ShardLoader(data_config(shards, workers, batch_size))
+        loader = ShardLoader(cfg)
         state = loader.state_dict()
         global_batch = loader.global_batch
         state["samples_seen"] = int(fraction * loader.batches_per_epoch) * global_batch
@@ -258,6 +278,70 @@ def restore_seconds(shards: Path, workers: int, batch_size: int, fraction: float
         times.append(time.perf_counter() - start)
         it.close()
     return statistics.median(times)
+
+
+# -- over http ------------------------------------------------------------------------------
+
+
+def epoch_rate(batches: Iterable, size_of) -> float:
+    """Samples/s over a whole epoch, the first batch (and its downloads) included."""
+    start, count = time.perf_counter(), 0
+    for batch in batches:
+        count += size_of(batch)
+    return count / (time.perf_counter() - start)
+
+
+def serve_http(directory: Path) -> tuple[subprocess.Popen, str]:
+    """A stdlib file server on 127.0.0.1 in its own process (not competing for this one's GIL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"http://127.0.0.1:{port}"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("http.server did not start")
+
+
+def http_rows(shards: Path, workers: int, batch_size: int, rounds: int, cache: Path) -> dict[str, float]:
+    """Rows (f)-(i), interleaved over rounds so drifting machine load hits all three alike."""
+    names = sorted(p.name for p in shards.glob("train-*.tar"))
+    proc, base = serve_http(shards)
+    try:
+        pattern = f"{base}/train-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar"
+        cfg = replace(data_config(shards, workers, batch_size), shards=pattern, cache_dir=str(cache))
+        rates: dict[str, list[float]] = {"http_cold": [], "http_warm": [], "wds_http": [], "local": []}
+        for _ in range(rounds):
+            shutil.rmtree(cache, ignore_errors=True)
+            rates["http_cold"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
+            rates["http_warm"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
+            rates["wds_http"].append(webdataset_http(base, names, workers, batch_size))
+            rates["local"].append(epoch_rate(ShardLoader(data_config(shards, workers, batch_size)), lambda b: len(b["key"])))
+        out = {f"{row}_sps": statistics.median(values) for row, values in rates.items()}
+        out["restore_0_http_s"] = restore_seconds(cfg, 0.0)  # warm cache
+        out["restore_90_http_s"] = restore_seconds(cfg, 0.9)
+    finally:
+        proc.kill()
+        proc.wait()
+    return out
+
+
+def webdataset_http(base: str, names: list[str], workers: int, batch_size: int) -> float:
+    import webdataset as wds
+
+    urls = [f"{base}/{name}" for name in names]
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
+        .shuffle(1000)
+        .decode("rgb8")
+        .to_tuple("png")
+        .batched(batch_size, partial=False)
+    )
+    return epoch_rate(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers), lambda b: len(b[0]))
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -270,6 +354,8 @@ def main() -> None:
     parser.add_argument("--epoch-samples", type=int, default=8192, help="packed samples per timed epoch (shards replicated)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--http-rounds", type=int, default=3, help="interleaved rounds of the http rows (medians)")
+    parser.add_argument("--only-http", action="store_true", help="only the http rows (f)-(i)")
     parser.add_argument("--work", help="keep generated frames and shards here and reuse them (default: a temp dir)")
     args = parser.parse_args()
     frames_n, epoch_samples = (384, 4096) if args.quick else (args.frames, args.epoch_samples)
@@ -279,9 +365,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp_name:
         tmp = Path(args.work or tmp_name) / f"{frames_n}_{epoch_samples}"
         shards = prepare_data(tmp, frames_n, epoch_samples, r["cores"])
-        r["seed_sps"] = seed_pipeline(tmp / "frames", workers, batch)
-        print(f"(a) seed ImageFolder pipeline (incl. augment): {r['seed_sps']:9.0f} samples/s", flush=True)
-        for fmt in FORMATS:
+        if not args.only_http:
+            r["seed_sps"] = seed_pipeline(tmp / "frames", workers, batch)
+            print(f"(a) seed ImageFolder pipeline (incl. augment): {r['seed_sps']:9.0f} samples/s", flush=True)
+        for fmt in FORMATS if not args.only_http else ():
             r[f"shardgan_{fmt}_sps"] = shardgan_loader(shards[fmt], workers, batch)
             r[f"shardgan_{fmt}_aug_sps"] = shardgan_loader(shards[fmt], workers, batch, with_augment=True)
             r[f"wds_{fmt}_sps"] = plain_webdataset(shards[fmt], fmt, workers, batch)
@@ -293,11 +380,19 @@ def main() -> None:
             lit = r[f"litdata_{fmt}_sps"]
             print(f"(d) litdata {fmt}: " + ("skipped (not installed; pip install '.[bench]')" if lit is None else f"{lit:9.0f} samples/s"), flush=True)
             print(f"(e) bound {fmt} (1 process, plain loop): {r[f'bound_{fmt}_sps']:9.0f} samples/s", flush=True)
-        r["restore_0_s"] = restore_seconds(shards["png"], workers, batch, 0.0)
-        r["restore_90_s"] = restore_seconds(shards["png"], workers, batch, 0.9)
-        print(f"time to first batch after restore: at 0% {r['restore_0_s']:.3f} s, at 90% {r['restore_90_s']:.3f} s", flush=True)
+        if not args.only_http:
+            r["restore_0_s"] = restore_seconds(data_config(shards["png"], workers, batch), 0.0)
+            r["restore_90_s"] = restore_seconds(data_config(shards["png"], workers, batch), 0.9)
+            print(f"time to first batch after restore: at 0% {r['restore_0_s']:.3f} s, at 90% {r['restore_90_s']:.3f} s", flush=True)
+        r.update(http_rows(shards["png"], workers, batch, args.http_rounds, Path(tmp_name) / "cache"))
+        print(f"(f) shardgan png over http, cold cache: {r['http_cold_sps']:9.0f} samples/s (median of {args.http_rounds})", flush=True)
+        print(f"(g) shardgan png over http, warm cache: {r['http_warm_sps']:9.0f} samples/s", flush=True)
+        print(f"(h) plain webdataset png over http:     {r['wds_http_sps']:9.0f} samples/s", flush=True)
+        print(f"(i) shardgan png, local files:          {r['local_sps']:9.0f} samples/s", flush=True)
+        print(f"time to first batch after restore over http (warm): at 0% {r['restore_0_http_s']:.3f} s, "
+              f"at 90% {r['restore_90_http_s']:.3f} s", flush=True)
 
-    ratios = ratio_lines(r, workers)
+    ratios = http_ratio_lines(r) if args.only_http else {**ratio_lines(r, workers), **http_ratio_lines(r)}
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in {**r, **ratios}.items()}, sort_keys=True))
 
 
@@ -320,6 +415,15 @@ def ratio_lines(r: dict, workers: int) -> dict[str, float | None]:
     print(f"shardgan {fastest} / seed pipeline = {ratios['fastest_vs_seed']:.1f}x, with CPU augment "
           f"{ratios['fastest_aug_vs_seed']:.1f}x (target >= 50)")
     print(f"restore at 90% / at 0% = {ratios['restore_90_vs_0']:.2f} (target <= 1.5)")
+    return ratios
+
+
+def http_ratio_lines(r: dict) -> dict[str, float]:
+    ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
+              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
+    print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
+          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
+          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
     return ratios
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ..conftest import build_dataset, game_frame
-from ..test_loader import make_loader, take
+from ..test_loader import make_loader
 from ..test_loader_ddp import run_torchrun
 from shardgan.errors import CorruptSampleError, DataError
 
@@ -70,15 +70,17 @@ def test_shard_truncated_mid_epoch_is_skipped_sample_by_sample(tmp_path):
     assert {r.shard for r in loader.corrupt} == {shard.name}
 
 
-def test_streamed_shard_truncated_mid_epoch_is_skipped(tmp_path):
+def test_remote_shard_that_differs_from_the_manifest_stops_naming_its_url(tmp_path):
     manifest = build_dataset(tmp_path / "d", SIZES)
     shard = manifest.split("train").shards[3]
     os.truncate(tmp_path / "d" / shard.name, shard.offsets[17] + 100)
-    loader = make_loader(f"pipe:cat {tmp_path}/d/train-{{000000..000003}}.tar", batch_size=4, manifest=str(tmp_path / "d"))
-    batches = [b["key"] for b in loader]
-    assert len(batches) == loader.batches_per_epoch
-    assert sorted(r.key for r in loader.corrupt) == ["#17", "#18", "#19"]
-    assert all(r.shard == shard.name and "stream of" in r.reason for r in loader.corrupt)
+    pattern = f"pipe:cat {tmp_path}/d/train-{{000000..000003}}.tar"
+    loader = make_loader(pattern, batch_size=4, cache_dir=str(tmp_path / "cache"), fetch_attempts=2, fetch_backoff_s=0.01)
+    with pytest.raises(DataError) as err:
+        list(loader)
+    assert str(err.value).startswith(f"cannot fetch pipe:cat {tmp_path}/d/{shard.name}: got ")
+    assert str(err.value).endswith("(gave up after 2 tries)") and "\n" not in str(err.value)
+    assert not list((tmp_path / "cache").glob("train-000003-*"))  # never cached
 
 
 def test_a_batch_with_no_good_sample_stops_naming_the_shard(tmp_path):

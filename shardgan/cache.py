@@ -1,0 +1,178 @@
+"""The node-local shard cache: remote shards downloaded once per node, then read like local ones.
+
+All ranks and DataLoader workers of a node share one directory (`data.cache_dir`):
+
+- a shard is stored under `<stem>-<sha256[:16]>.tar`, so another dataset's shard of the same
+  name never stands in for it;
+- one process downloads it, holding an flock on `.locks/<file>.lock`; the others block on that
+  lock (no polling) and then find it there;
+- the download goes to a temp name, is checked against the manifest's size and sha256, fsynced
+  and renamed: a shard in the cache is complete and verified, a bad one never lands;
+- readers hold a shared flock on the files they have open; past `data.cache_limit`, the least
+  recently used shards (by mtime, touched on every open) that nobody holds are deleted.
+
+A `Prefetcher` thread downloads the next shards of a worker's plan while it reads this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .atomic import TMP_SUFFIX, atomic_write
+from .manifest import ShardInfo
+from .sources import FetchPolicy, fetch
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = ".locks"
+EVICT_LOCK = ".evict.lock"
+
+
+def default_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"shardgan-cache-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def flocked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """Hold an flock on `path` (created if needed); released on exit, or when the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield
+    finally:
+        os.close(fd)
+
+
+class ShardCache:
+    """Verified local copies of remote shards in one node-local directory."""
+
+    def __init__(self, directory: str | Path, limit_bytes: int, policy: FetchPolicy):
+        self.directory = Path(directory)
+        self.limit_bytes = limit_bytes
+        """0: no limit."""
+        self.policy = policy
+
+    def file_name(self, shard: ShardInfo) -> str:
+        return f"{Path(shard.name).stem}-{shard.sha256[:16]}.tar"
+
+    def open(self, url: str, shard: ShardInfo) -> BinaryIO:
+        """The cached copy of `shard` (downloaded from `url` first if needed), open for reading
+        and held (shared flock) against eviction until closed."""
+        while True:
+            path = self.ensure(url, shard)
+            try:
+                f = open(path, "rb", buffering=0)
+            except FileNotFoundError:  # evicted between ensure and open: fetch it again
+                continue
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            return f
+
+    def ensure(self, url: str, shard: ShardInfo) -> Path:
+        """Path of the verified copy of `shard`, downloading it unless this node already has it."""
+        path = self.directory / self.file_name(shard)
+        if self._hit(path, shard):
+            return path
+        (self.directory / LOCK_DIR).mkdir(parents=True, exist_ok=True)
+        with flocked(self.directory / LOCK_DIR / f"{path.name}.lock"):
+            if self._hit(path, shard):  # another process downloaded it while we waited
+                return path
+            for stale in self.directory.glob(f".{path.name}.*{TMP_SUFFIX}"):  # its writer died holding this lock
+                stale.unlink(missing_ok=True)
+            self._make_room(shard.num_bytes)
+            with atomic_write(path) as f:
+                fetch(url, f, self.policy, shard.num_bytes, shard.sha256)
+            log.debug("cached %s as %s", url, path)
+        return path
+
+    def _hit(self, path: Path, shard: ShardInfo) -> bool:
+        """Present with the right size; the mtime is touched, as the LRU clock."""
+        try:
+            if path.stat().st_size != shard.num_bytes:
+                return False
+            os.utime(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _make_room(self, num_bytes: int) -> None:
+        """Delete least recently used shards nobody holds until `num_bytes` more fit under the limit."""
+        if not self.limit_bytes:
+            return
+        with flocked(self.directory / EVICT_LOCK):
+            entries = []
+            for path in self.directory.glob("*.tar"):
+                with contextlib.suppress(FileNotFoundError):
+                    st = path.stat()
+                    entries.append((st.st_mtime_ns, st.st_size, path))
+            total = sum(size for _, size, _ in entries)
+            for _, size, path in sorted(entries):
+                if total + num_bytes <= self.limit_bytes:
+                    return
+                if self._evict(path):
+                    total -= size
+            if total + num_bytes > self.limit_bytes:
+                log.warning("shard cache %s holds %d bytes in use; over data.cache_limit %d", self.directory, total, self.limit_bytes)
+
+    @staticmethod
+    def _evict(path: Path) -> bool:
+        """Delete `path` unless a reader holds it (shared flock)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            path.unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
+
+
+class Prefetcher:
+    """A thread that fetches a worker's shards in the order it will read them, at most `depth`
+    shards ahead of the one it is reading. Failures are left to the reader, which fetches again
+    and reports them."""
+
+    def __init__(self, fetch_one: Callable[[int], object], sequence: list[int], depth: int):
+        self._fetch_one = fetch_one
+        self._sequence = sequence
+        self._position = {shard: i for i, shard in reversed(list(enumerate(sequence)))}
+        self._depth = depth
+        self._reading = 0
+        self._closed = False
+        self._changed = threading.Condition()
+        if depth > 0 and sequence:
+            threading.Thread(target=self._run, name="shardgan-prefetch", daemon=True).start()
+
+    def reading(self, shard: int) -> None:
+        """The reader has moved on to `shard`."""
+        with self._changed:
+            self._reading = max(self._reading, self._position.get(shard, 0))
+            self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+
+    def _run(self) -> None:
+        for i, shard in enumerate(self._sequence):
+            with self._changed:
+                self._changed.wait_for(lambda: self._closed or i <= self._reading + self._depth)
+                if self._closed:
+                    return
+            try:
+                self._fetch_one(shard)
+            except Exception as e:  # noqa: BLE001 - the reader fetches again and raises it
+                log.debug("prefetch of shard %d failed: %s", shard, e)
