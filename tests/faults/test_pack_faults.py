@@ -48,7 +48,7 @@ def slowly(fn):
 pack.encode_chunk = slowly(pack.encode_chunk)
 pack.write_shard_task = slowly(pack.write_shard_task)
 sys.argv = ["shardgan", "pack", *sys.argv[1:]]
-cli.main()
+sys.exit(cli.main())
 """
 
 
