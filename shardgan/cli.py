@@ -33,10 +33,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 @app.command("import-ini")
 def import_ini_cmd(
-    ini: Path = typer.Argument(..., help="The seed project's model_config.ini"),
+    ini: Path = typer.Argument(..., help="The original project's model_config.ini"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the TOML here (default: stdout)"),
 ) -> None:
-    """Convert the seed's INI config ([CONFIGS] section) into a shardgan TOML config."""
+    """Convert the original project's INI config ([CONFIGS] section) into a shardgan TOML config."""
     from .config import import_ini, to_toml
 
     text = to_toml(import_ini(ini))

@@ -56,7 +56,7 @@ class DataConfig:
     prefetch_factor: int = 4
     """Batches each DataLoader worker prepares ahead."""
     translate_px: int = 2
-    """Random translation of up to this many pixels (the seed's Resize(+2) + RandomCrop)."""
+    """Random translation of up to this many pixels (the original project's Resize(+2) + RandomCrop)."""
     color_jitter: float = 0.05
     """Brightness/contrast/saturation jitter strength; 0 disables."""
     hflip: bool = False
@@ -95,7 +95,7 @@ class ModelConfig:
     ndf: int = 64
     """D's feature maps in its first layer (doubling per layer up to 8x)."""
     loss: str = "bce"
-    """bce: the seed's loss; hinge: hinge loss (use with spectral_norm)."""
+    """bce: the original project's loss; hinge: hinge loss (use with spectral_norm)."""
     spectral_norm: bool = False
     """Spectral norm on D's convolutions (and no BatchNorm in D)."""
 
@@ -349,7 +349,7 @@ INI_KEYS = {
 
 
 def import_ini(path: str | Path) -> Config:
-    """Turn the seed project's model_config.ini ([CONFIGS]) into a Config.
+    """Turn the original project's model_config.ini ([CONFIGS]) into a Config.
 
     `ngpu` has no equivalent (use torchrun --nproc_per_node); lr sets both lr_g and lr_d.
     """
@@ -360,7 +360,7 @@ def import_ini(path: str | Path) -> Config:
     except configparser.Error as e:
         raise ConfigError(f"{path}: invalid INI: {e}".splitlines()[0]) from None
     if "CONFIGS" not in parser:
-        raise ConfigError(f"{path}: no [CONFIGS] section (the seed's model_config.ini has one)")
+        raise ConfigError(f"{path}: no [CONFIGS] section (the original project's model_config.ini has one)")
     updates: dict[str, dict[str, str]] = {}
     for key, value in parser["CONFIGS"].items():
         if key == "ngpu":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
+import torch.distributed as torch_dist
 
 
 @dataclass(frozen=True)
@@ -45,24 +45,24 @@ def init(device_name: str = "auto") -> DistInfo:
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if "RANK" in os.environ and not dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo
+    if "RANK" in os.environ and not torch_dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo
         backend = "nccl" if device.type == "cuda" else "gloo"
         # torchrun keeps one store across --max-restarts; without a per-attempt prefix the new
         # workers read the dead workers' addresses and fail to connect (pytorch issue #167288).
-        store, _, _ = next(dist.rendezvous("env://"))
-        store = dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
+        store, _, _ = next(torch_dist.rendezvous("env://"))
+        store = torch_dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
+        torch_dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, device)
 
 
 def backend() -> str:
     """The process group's backend (nccl, gloo), or `none` for a plain single process."""
-    return str(dist.get_backend()) if dist.is_initialized() else "none"
+    return str(torch_dist.get_backend()) if torch_dist.is_initialized() else "none"
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def restart_count() -> int:
@@ -71,10 +71,10 @@ def restart_count() -> int:
 
 def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
     """Element-wise OR of `flags` over all ranks (MAX all-reduce); local when alone."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return list(flags)
     t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
 
 
@@ -85,16 +85,16 @@ def agree_all(flag: bool, device: torch.device) -> bool:
 
 def gather_to_main(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order (all ranks receive it; rank 0 uses it)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out: list[Any] = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(out, obj)
     return out
 
 
 def broadcast_from_main(obj: Any) -> Any:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    torch_dist.broadcast_object_list(box, src=0)
     return box[0]

@@ -1,4 +1,4 @@
-"""`shardgan generate RUN_DIR`: images from a run's EMA generator (what the seed's inference script did)."""
+"""`shardgan generate RUN_DIR`: images from a run's EMA generator (what the original project's inference script did)."""
 
 from __future__ import annotations
 

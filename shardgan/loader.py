@@ -361,12 +361,12 @@ def _fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt
 
 def default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """Explicit values win; else torch.distributed's when initialized; else a single process."""
-    dist = torch.distributed
-    initialized = dist.is_available() and dist.is_initialized()
+    torch_dist = torch.distributed
+    initialized = torch_dist.is_available() and torch_dist.is_initialized()
     if world_size is None:
-        world_size = dist.get_world_size() if initialized else 1
+        world_size = torch_dist.get_world_size() if initialized else 1
     if rank is None:
-        rank = dist.get_rank() if initialized else 0
+        rank = torch_dist.get_rank() if initialized else 0
     return rank, world_size
 
 

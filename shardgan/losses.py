@@ -1,4 +1,4 @@
-"""GAN losses on D's logits as small pure functions: the seed's BCE (Sigmoid folded in) and hinge."""
+"""GAN losses on D's logits as small pure functions: the original project's BCE (Sigmoid folded in) and hinge."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def bce_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The seed's errD_real + errD_fake: BCE(Sigmoid(D(x)), 1) + BCE(Sigmoid(D(G(z))), 0)."""
+    """The original project's errD_real + errD_fake: BCE(Sigmoid(D(x)), 1) + BCE(Sigmoid(D(G(z))), 0)."""
     return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + (
         F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     )
 
 
 def bce_g(fake_logits: torch.Tensor) -> torch.Tensor:
-    """The seed's non-saturating G loss: BCE(Sigmoid(D(G(z))), 1)."""
+    """The original project's non-saturating G loss: BCE(Sigmoid(D(G(z))), 1)."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 

@@ -24,7 +24,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 
 def save_loss_curve(records: list[dict], path: str | Path) -> Path:
-    """Plot loss_d and loss_g against step from metrics.jsonl records (the seed's collapse shows here)."""
+    """Plot loss_d and loss_g against step from metrics.jsonl records (the original project's collapse shows here)."""
     return save_curve(records, ("loss_d", "loss_g"), path, "loss")
 
 

@@ -1,15 +1,15 @@
-"""Benchmark shardgan's loader against the seed pipeline, plain webdataset, litdata and the bound.
+"""Benchmark shardgan's loader against the original project's pipeline, plain webdataset, litdata and the bound.
 
-Generates seed-like 640x480 PNG frames (~280 KB, like the seed's), packs them to 88x66
+Generates 640x480 PNG frames like the original project's (~280 KB), packs them to 88x66
 with `shardgan pack` (PNG and raw), and replicates the packed shards (hard links) to
 make an epoch long enough to time. Then, in one run, with the same worker count and
 batch size for all, it prints steady-state samples/s (the first batch, i.e. worker
 start-up, is excluded everywhere) for:
 
-  (a) seed: torchvision ImageFolder over the 640x480 PNGs, Resize + RandomCrop +
+  (a) original: torchvision ImageFolder over the 640x480 PNGs, Resize + RandomCrop +
       ColorJitter + ToTensor + Normalize, in a DataLoader (includes augmentation);
   (b) shardgan ShardLoader, PNG and raw shards: uint8 (B, C, H, W) batches; "+aug" also
-      runs shardgan.augment on the CPU in the main process (what the seed's figure includes);
+      runs shardgan.augment on the CPU in the main process (what the original project's figure includes);
   (c) plain webdataset: WebDataset + shuffle(1000) + decode("rgb8") + batched, same shards;
   (d) litdata StreamingDataset + StreamingDataLoader over the same samples written with its
       optimize() (own subprocess; skipped when litdata is not installed);
@@ -122,21 +122,21 @@ if __name__ == "__main__":
 # -- data -----------------------------------------------------------------------------------
 
 
-def seed_like_frame(index: int) -> Image.Image:
-    """A 640x480 game-like frame whose PNG is ~280 KB, like the seed's (a smooth upscale)."""
+def original_like_frame(index: int) -> Image.Image:
+    """A 640x480 game-like frame whose PNG is ~280 KB, like the original project's (a smooth upscale)."""
     return Image.fromarray(game_frame(index, 160, 120)).resize((640, 480), Image.Resampling.BILINEAR)
 
 
-def write_seed_frame(args: tuple[Path, int]) -> None:
+def write_original_frame(args: tuple[Path, int]) -> None:
     directory, index = args
     path = directory / f"run{index % 3}" / f"frame_{index:05d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    seed_like_frame(index).save(path, compress_level=1)
+    original_like_frame(index).save(path, compress_level=1)
 
 
 def write_frames(directory: Path, count: int, workers: int) -> None:
     with multiprocessing.Pool(workers) as pool:
-        pool.map(write_seed_frame, [(directory, i) for i in range(count)])
+        pool.map(write_original_frame, [(directory, i) for i in range(count)])
 
 
 def replicate(packed: Path, out: Path, epoch_samples: int) -> Manifest:
@@ -188,7 +188,7 @@ def steady_rate(batches: Iterable, size_of=len, max_samples: int | None = None) 
     return count / (time.perf_counter() - first)
 
 
-def seed_pipeline(frames: Path, workers: int, batch_size: int) -> float:
+def original_pipeline(frames: Path, workers: int, batch_size: int) -> float:
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([
@@ -366,8 +366,8 @@ def main() -> None:
         tmp = Path(args.work or tmp_name) / f"{frames_n}_{epoch_samples}"
         shards = prepare_data(tmp, frames_n, epoch_samples, r["cores"])
         if not args.only_http:
-            r["seed_sps"] = seed_pipeline(tmp / "frames", workers, batch)
-            print(f"(a) seed ImageFolder pipeline (incl. augment): {r['seed_sps']:9.0f} samples/s", flush=True)
+            r["original_sps"] = original_pipeline(tmp / "frames", workers, batch)
+            print(f"(a) original ImageFolder pipeline (incl. augment): {r['original_sps']:9.0f} samples/s", flush=True)
         for fmt in FORMATS if not args.only_http else ():
             r[f"shardgan_{fmt}_sps"] = shardgan_loader(shards[fmt], workers, batch)
             r[f"shardgan_{fmt}_aug_sps"] = shardgan_loader(shards[fmt], workers, batch, with_augment=True)
@@ -409,11 +409,11 @@ def ratio_lines(r: dict, workers: int) -> dict[str, float | None]:
         print(f"[{fmt}] shardgan / plain webdataset = {ratios[f'{fmt}_vs_wds']:.2f}x (target >= 1.2); "
               f"/ ({workers} x bound) = {ratios[f'{fmt}_vs_workers_x_bound']:.2f} (target >= 0.8); "
               + ("litdata skipped" if lit is None else f"/ litdata = {ratios[f'{fmt}_vs_litdata']:.2f}x (target >= 1.0)"))
-    ratios["fastest_vs_seed"] = r[f"shardgan_{fastest}_sps"] / r["seed_sps"]
-    ratios["fastest_aug_vs_seed"] = r[f"shardgan_{fastest}_aug_sps"] / r["seed_sps"]
+    ratios["fastest_vs_original"] = r[f"shardgan_{fastest}_sps"] / r["original_sps"]
+    ratios["fastest_aug_vs_original"] = r[f"shardgan_{fastest}_aug_sps"] / r["original_sps"]
     ratios["restore_90_vs_0"] = r["restore_90_s"] / r["restore_0_s"]
-    print(f"shardgan {fastest} / seed pipeline = {ratios['fastest_vs_seed']:.1f}x, with CPU augment "
-          f"{ratios['fastest_aug_vs_seed']:.1f}x (target >= 50)")
+    print(f"shardgan {fastest} / original pipeline = {ratios['fastest_vs_original']:.1f}x, with CPU augment "
+          f"{ratios['fastest_aug_vs_original']:.1f}x (target >= 50)")
     print(f"restore at 90% / at 0% = {ratios['restore_90_vs_0']:.2f} (target <= 1.5)")
     return ratios
 

@@ -10,7 +10,7 @@ In one run, on the same model, config and train step (augmentation included):
 
 CPU (default): configs/gc7m.toml (88x66) narrowed to ngf = ndf = 16 so a step takes what a
 small model takes on 2 cores, batch 32 from PNG shards, one loader worker.
-GPU (--device cuda): configs/gc7m.toml (88x66, the seed's GC7M nets) with bf16 autocast,
+GPU (--device cuda): configs/gc7m.toml (88x66, the original project's GC7M nets) with bf16 autocast,
 channels_last and torch.compile, from raw shards; images/s (target >= 20,000 on one H100).
 The last line is one JSON object with the figures.
 

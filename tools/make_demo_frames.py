@@ -1,7 +1,7 @@
 """Make the demo dataset: real Doom (Freedoom) frames from `vizdoom`, as full-size PNGs.
 
 Plays a few Freedoom maps with a simple wandering policy and saves every k-th frame,
-one folder per episode, like the seed's folders of frames cut from speedrun videos.
+one folder per episode, like the original project's folders of frames cut from speedrun videos.
 A few black/white screens and repeated (paused) frames are mixed in so `shardgan pack`'s
 blank and duplicate filters have something to remove.
 
