@@ -100,11 +100,18 @@ def shardgan_pack(src: Path, dst: Path, image_format: str, workers: int, summari
 
 
 def litdata_optimize(src: Path, dst: Path, image_format: str, workers: int) -> float:
+    """From a script file, not `python -c`: litdata's spawned workers must import `encode` from it
+    (under -c they fail to unpickle it, and optimize() still returns, having written nothing)."""
     shutil.rmtree(dst, ignore_errors=True)
-    script = LITDATA_SCRIPT.format(root=str(ROOT), w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers)
-    out = subprocess.run([sys.executable, "-c", script, str(src), str(dst)], capture_output=True, text=True, check=True).stdout
+    script = dst.with_name("litdata_optimize.py")
+    script.write_text(LITDATA_SCRIPT.format(root=str(ROOT), w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers))
+    out = subprocess.run([sys.executable, str(script), str(src), str(dst)], capture_output=True, text=True, check=True).stdout
     seconds = float(next(line.split()[1] for line in out.splitlines() if line.startswith("SECONDS")))
-    return len(list(src.rglob("*.png"))) / seconds
+    num_frames = len(list(src.rglob("*.png")))
+    stored = sum(chunk["chunk_size"] for chunk in json.loads((dst / "index.json").read_text())["chunks"])
+    if stored != num_frames:
+        raise RuntimeError(f"litdata stored {stored} of {num_frames} frames; its workers failed (run {script} to see why)")
+    return num_frames / seconds
 
 
 def has_litdata() -> bool:
