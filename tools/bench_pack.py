@@ -10,7 +10,7 @@ for raw. Contenders are interleaved over rounds (rotating their order), so machi
 hits all of them alike; figures are medians over rounds. `--profile` adds where pack's time
 goes per stage. Prints ratios; the last line is JSON.
 
-    .venv/bin/python tools/bench_pack.py [--quick] [--frames N] [--rounds R] [--profile]
+    .venv/bin/python tools/bench_pack.py [--quick] [--frames N] [--rounds R] [--profile] [--src DIR]
 """
 
 from __future__ import annotations
@@ -100,11 +100,18 @@ def shardgan_pack(src: Path, dst: Path, image_format: str, workers: int, summari
 
 
 def litdata_optimize(src: Path, dst: Path, image_format: str, workers: int) -> float:
+    """From a script file, not `python -c`: litdata's spawned workers must import `encode` from it
+    (under -c they fail to unpickle it, and optimize() still returns, having written nothing)."""
     shutil.rmtree(dst, ignore_errors=True)
-    script = LITDATA_SCRIPT.format(root=str(ROOT), w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers)
-    out = subprocess.run([sys.executable, "-c", script, str(src), str(dst)], capture_output=True, text=True, check=True).stdout
+    script = dst.with_name("litdata_optimize.py")
+    script.write_text(LITDATA_SCRIPT.format(root=str(ROOT), w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers))
+    out = subprocess.run([sys.executable, str(script), str(src), str(dst)], capture_output=True, text=True, check=True).stdout
     seconds = float(next(line.split()[1] for line in out.splitlines() if line.startswith("SECONDS")))
-    return len(list(src.rglob("*.png"))) / seconds
+    num_frames = len(list(src.rglob("*.png")))
+    stored = sum(chunk["chunk_size"] for chunk in json.loads((dst / "index.json").read_text())["chunks"])
+    if stored != num_frames:
+        raise RuntimeError(f"litdata stored {stored} of {num_frames} frames; its workers failed (run {script} to see why)")
+    return num_frames / seconds
 
 
 def has_litdata() -> bool:
@@ -191,15 +198,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians")
     parser.add_argument("--workers", default="", help="extra pack worker counts for the scaling table, e.g. 4,8")
     parser.add_argument("--profile", action="store_true", help="also report pack's time per stage")
+    parser.add_argument("--src", type=Path, help="pack these PNG frames (e.g. your own, or an earlier run's) instead of generating")
     args = parser.parse_args()
     num_frames, rounds = (120, 1) if args.quick else (args.frames, args.rounds)
     cores = len(os.sched_getaffinity(0))
     worker_counts = sorted({1, cores, *(int(w) for w in args.workers.split(",") if w)})
     results: dict[str, object] = {"frames": num_frames, "frame_size": "640x480", "pack_size": f"{WIDTH}x{HEIGHT}", "cores": cores, "rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="bench_pack_") as tmp:
-        src = Path(tmp) / "frames"
-        print(f"generating {num_frames} 640x480 PNG frames ...", flush=True)
-        write_frames(src, num_frames, 640, 480)
+        src = args.src or Path(tmp) / "frames"
+        if args.src:
+            results["frames"] = len(list(src.rglob("*.png")))
+            results["frame_size"] = "x".join(map(str, Image.open(next(src.rglob("*.png"))).size))
+        else:
+            print(f"generating {num_frames} 640x480 PNG frames ...", flush=True)
+            write_frames(src, num_frames, 640, 480)
         for fmt in FORMATS:
             results[fmt] = bench_format(fmt, src, Path(tmp), worker_counts, cores, rounds, args.profile)
     rows = [results[fmt] for fmt in FORMATS]
