@@ -22,7 +22,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,video,tensorboard]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,video,tensorboard,fid]'
 	touch $@
 
 venv: $(STAMP)

@@ -144,6 +144,9 @@ class TrainConfig:
     """A metrics.jsonl record, TensorBoard scalars and a train.log line every N steps."""
     sample_every_steps: int = 500
     """A sample grid from the fixed noise every N steps (0: only at epoch ends)."""
+    collapse_logs: int = 20
+    """Collapse watchdog: warn (and mark metrics.jsonl) once D has won, or the samples' diversity
+    has collapsed, for this many log lines in a row; 0 disables."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -152,6 +155,45 @@ class TrainConfig:
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
         _check(self.log_every_steps >= 1, "train.log_every_steps must be >= 1")
         _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
+        _check(self.collapse_logs >= 0, "train.collapse_logs must be >= 0")
+
+
+AUGMENT_OPS = ("translation", "cutout", "color")
+"""The differentiable augmentations `augment.policy` may list (applied in this order)."""
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation in front of D (DiffAugment; ADA's adaptive probability).
+    Unlike data.translate_px/color_jitter (reals only), it is applied to reals and fakes alike,
+    in the D step and in the G step, so G is not pushed to reproduce it."""
+
+    policy: str = ""
+    """Comma-separated subset of translation, cutout, color; empty: D sees the images as they are."""
+    probability: float = 1.0
+    """Chance that each op of the policy is applied to an image (with ADA: p's starting value)."""
+    translation_ratio: float = 0.125
+    """translation: shift by up to this fraction of the height and width (uncovered pixels are 0)."""
+    cutout_ratio: float = 0.5
+    """cutout: the erased rectangle's sides, as fractions of the image's height and width."""
+    ada_target: float = 0.0
+    """ADA: raise p while E[sign(D(real))] is above this target, lower it below (the paper: 0.6);
+    0 keeps p fixed at `probability`."""
+    ada_interval_steps: int = 4
+    """ADA: steps between updates of p."""
+    ada_ramp_images: int = 100_000
+    """ADA: global images over which p can move from 0 to 1 (the paper: 500k)."""
+
+    def __post_init__(self) -> None:
+        ops = [op.strip() for op in self.policy.split(",") if op.strip()]
+        unknown = [op for op in ops if op not in AUGMENT_OPS]
+        _check(not unknown, f"augment.policy: unknown {', '.join(unknown)} (choose from {', '.join(AUGMENT_OPS)}, comma-separated)")
+        _check(0.0 <= self.probability <= 1.0, "augment.probability must be in [0, 1]")
+        _check(0.0 < self.translation_ratio <= 0.5, "augment.translation_ratio must be in (0, 0.5]")
+        _check(0.0 < self.cutout_ratio < 1.0, "augment.cutout_ratio must be in (0, 1)")
+        _check(0.0 <= self.ada_target < 1.0, "augment.ada_target must be in [0, 1)")
+        _check(self.ada_interval_steps >= 1, "augment.ada_interval_steps must be >= 1")
+        _check(self.ada_ramp_images >= 1, "augment.ada_ramp_images must be >= 1")
 
 
 @dataclass
@@ -188,13 +230,18 @@ class EvalConfig:
     every_steps: int = 0
     """Compute SWD against the val split every N steps on rank 0 (0: only at the end)."""
     num_images: int = 512
-    """Real (val) and generated images compared by SWD (and FID/KID)."""
+    """Real (val) and generated images compared; fewer val images than this: a warning, and that many (SWD, FID/KID)."""
+    swd_mode: str = "paper"
+    """paper: ProGAN's SWD (128 patches per image per level, each set normalized by its own
+    statistics); real_stats: 64 patches, both sets normalized by the real set's (a colour cast counts)."""
     fid_weights: str = ""
-    """Path to Inception weights for FID/KID; empty: skip FID."""
+    """Path to the FID Inception weights (pt_inception-2015-12-05-6726825d.pth, as torch-fidelity
+    uses) for FID/KID via torchmetrics; empty: skip FID/KID. Never downloaded."""
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "eval.every_steps must be >= 0")
         _check(self.num_images >= 2, "eval.num_images must be >= 2")
+        _check(self.swd_mode in ("paper", "real_stats"), "eval.swd_mode must be 'paper' or 'real_stats'")
 
 
 @dataclass
@@ -203,6 +250,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -78,6 +78,15 @@ def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over all ranks (float64); local when alone."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
 def agree_all(flag: bool, device: torch.device) -> bool:
     """True only if `flag` holds on every rank (MIN all-reduce)."""
     return not agree_any([not flag], device)[0]

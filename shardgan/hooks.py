@@ -46,6 +46,48 @@ class Meter:
         return rate
 
 
+D_WINS_REAL, D_WINS_FAKE = 0.95, 0.05
+"""D 'wins' a log line when its mean sigmoid output is above 0.95 on reals and below 0.05 on fakes."""
+MIN_DIVERSITY = 0.2
+"""Below this, the fake batch varies (per-pixel std) less than a fifth as much as the real batch."""
+
+
+@dataclass
+class CollapseWatchdog:
+    """The original project's failure, said out loud: D wins (d_real near 1, d_fake near 0) or the
+    samples' diversity collapses for `logs_in_a_row` log lines in a row. Fed every log record;
+    its streaks are recomputed from metrics.jsonl on resume, so a resumed run flags the same steps."""
+
+    logs_in_a_row: int
+    d_wins: int = 0
+    low_diversity: int = 0
+
+    def check(self, record: dict) -> str | None:
+        """Count one log record; the collapse it is in ("d_wins", "low_diversity", both joined by
+        "+"), or None. A streak counts from `logs_in_a_row` lines on; 0 disables the watchdog."""
+        self.d_wins = self.d_wins + 1 if record["d_real"] > D_WINS_REAL and record["d_fake"] < D_WINS_FAKE else 0
+        self.low_diversity = self.low_diversity + 1 if record.get("diversity", 1.0) < MIN_DIVERSITY else 0
+        if self.logs_in_a_row == 0:
+            return None
+        found = [name for name, streak in (("d_wins", self.d_wins), ("low_diversity", self.low_diversity)) if streak >= self.logs_in_a_row]
+        return "+".join(found) or None
+
+    def just_started(self) -> list[str]:
+        """The streaks that reached the threshold with the last record (warn once per streak)."""
+        return [name for name, streak in (("d_wins", self.d_wins), ("low_diversity", self.low_diversity)) if self.logs_in_a_row and streak == self.logs_in_a_row]
+
+    def message(self, name: str, step: int) -> str:
+        if name == "d_wins":
+            return (
+                f"collapse watchdog at step {step}: D has won (D(x) > {D_WINS_REAL}, D(G(z)) < {D_WINS_FAKE}) for {self.logs_in_a_row} "
+                "log lines in a row, so G learns little; try model.loss=hinge model.spectral_norm=true, augment.policy or a lower optim.lr_d"
+            )
+        return (
+            f"collapse watchdog at step {step}: the samples vary less than {MIN_DIVERSITY:.0%} as much as the real images for "
+            f"{self.logs_in_a_row} log lines in a row (mode collapse); resume an earlier checkpoint with other settings"
+        )
+
+
 def prepare_run_dir(t: Trainer, rd: RunDir) -> None:
     """Rank 0: the run directory, its resolved config and the architecture summary."""
     rd.create()
@@ -128,6 +170,11 @@ class Hooks:
         self.saved_at = time.monotonic()
         self.evaluator = build_evaluator(t, loader)
         self.tensorboard = TensorBoard(rd, t.step) if t.dist.is_main else None
+        self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs)
+        if t.dist.is_main:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
+            for record in read_metrics(rd.metrics):
+                if "d_real" in record:
+                    self.watchdog.check(record)
 
     def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
         """Agree on stop/finite/time (one all-reduce), log, samples, eval, checkpoint. True: stop now."""
@@ -189,8 +236,13 @@ class Hooks:
         record = {"step": t.step, "epoch": epoch, **{k: round(v.item(), 6) for k, v in stats.items()}}
         record["images_per_s"] = round(self.meter.rate(), 1)
         record["lr"] = t.opt_g.param_groups[0]["lr"]
+        collapse = self.watchdog.check(record)
+        if collapse is not None:
+            record["collapse"] = collapse
+            for name in self.watchdog.just_started():
+                log.warning(self.watchdog.message(name, t.step))
         append_metrics(self.rd.metrics, record)
-        self.tensorboard.scalars(t.step, {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")})
+        self.tensorboard.scalars(t.step, {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, (int, float))})
         self.bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}")
         log.info(
             "step %d/%d (epoch %d): loss_d %.4f loss_g %.4f D(x) %.3f D(G(z)) %.3f, %.0f img/s",

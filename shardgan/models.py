@@ -15,6 +15,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
@@ -132,15 +133,44 @@ def init_weights(module: nn.Module, generator: torch.Generator) -> None:
             nn.init.zeros_(m.bias)
 
 
+SN_POWER_ITERATIONS = 15
+"""Power iterations for spectral norm's u/v at init (what PyTorch runs on its default weights)."""
+
+
+@torch.no_grad()
+def init_spectral_norm(module: nn.Module, generator: torch.Generator) -> None:
+    """Spectral norm's u and v for the weights as they are now: random unit vectors from
+    `generator`, then SN_POWER_ITERATIONS power iterations on the weight matrix. PyTorch runs
+    them when spectral_norm wraps a layer, on the default weights that init_weights then
+    replaces; without this, the first steps divide by a sigma estimated for other weights."""
+    for m in module.modules():
+        if not hasattr(m, "parametrizations") or "weight" not in m.parametrizations:
+            continue
+        for sn in m.parametrizations.weight:
+            if not hasattr(sn, "_u"):
+                continue
+            weight = m.parametrizations.weight.original
+            dim = getattr(sn, "dim", 0)
+            matrix = weight.movedim(dim, 0).flatten(1)  # (out, in * kH * kW), as spectral_norm reshapes
+            u = F.normalize(torch.randn(matrix.shape[0], generator=generator), dim=0, eps=sn.eps)
+            v = F.normalize(torch.randn(matrix.shape[1], generator=generator), dim=0, eps=sn.eps)
+            for _ in range(SN_POWER_ITERATIONS):
+                u = F.normalize(matrix @ v, dim=0, eps=sn.eps)
+                v = F.normalize(matrix.T @ u, dim=0, eps=sn.eps)
+            sn._u.copy_(u)
+            sn._v.copy_(v)
+
+
 def build_models(cfg: ModelConfig, seed: int) -> tuple[Generator, Discriminator]:
-    """Build G and D with weights drawn from `seed`; check G(z) is (C, H, W) and D(x) one logit."""
+    """Build G and D with weights drawn from `seed` (spectral norm's u/v from the final weights);
+    check G(z) is (C, H, W) and D(x) one logit."""
     layout = plan_layout(cfg.width, cfg.height)
-    with torch.random.fork_rng(devices=[]):  # spectral norm draws its u vector from the global RNG
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # PyTorch's default inits draw from the global RNG; all replaced below
         gen, disc = Generator(cfg, layout), Discriminator(cfg, layout)
     rng = torch.Generator().manual_seed(seed)
     init_weights(gen, rng)
     init_weights(disc, rng)
+    init_spectral_norm(disc, rng)
     _check_shapes(gen, disc, cfg)
     return gen, disc
 

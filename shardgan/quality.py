@@ -1,19 +1,25 @@
-"""Sample quality without downloaded weights: sliced Wasserstein distance (SWD) on image patches.
+"""Sample quality: sliced Wasserstein distance (SWD) on image patches, and FID/KID from local weights.
 
 SWD follows ProGAN (Karras et al. 2018, appendix D): a Laplacian pyramid of every image,
 random 7x7 patches at each level as descriptors, each colour channel normalized, then the
 sliced Wasserstein distance between the real and generated descriptor sets (512 random
-projections), per level and averaged. Reported x 1e3 like the paper. One deliberate change:
-ProGAN normalizes each set with its own statistics, which hides a global colour cast; here both
-sets use the real set's statistics, so a colour cast counts.
+projections), per level and averaged. Reported x 1e3 like the paper. Two settings
+(`eval.swd_mode`):
+- `paper`: the paper's: 128 patches per image per level, each set normalized by its own
+  statistics (per level and channel). The paper uses 16k images; `eval.num_images` sets N.
+- `real_stats`: 64 patches per image, and both sets normalized with the real set's statistics,
+  so a global colour cast counts (the paper's own normalization hides it); shardgan's earlier
+  setting, kept so old numbers can be reproduced.
 
-FID/KID need Inception-v3 weights that the user supplies by path (`eval.fid_weights`, a
-torchvision `inception_v3` state_dict); nothing is ever downloaded. They use torchvision's
-Inception, so the numbers compare across shardgan runs, not with published FIDs.
+FID and KID are torchmetrics' implementations on torch-fidelity's Inception-v3 port of the
+TensorFlow FID graph (the network published FIDs use), loaded from a weights file the user
+supplies (`eval.fid_weights`: pt_inception-2015-12-05-6726825d.pth); nothing is ever
+downloaded. Images go in as uint8 RGB and are resized to 299x299 the way TensorFlow did.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +32,13 @@ from .config import Config, DataConfig
 from .errors import CheckpointError, ConfigError
 from .loader import sample_images
 
+log = logging.getLogger("shardgan")
+
 PATCH_SIZE = 7
-PATCHES_PER_IMAGE = 64
-"""ProGAN takes 128 from each of 16k images; 64 keeps an eval of 512 images to seconds on a CPU."""
+SWD_MODES = {"paper": (128, "each"), "real_stats": (64, "real")}
+"""eval.swd_mode -> (patches per image per level, whose statistics normalize each set)."""
+PATCHES_PER_IMAGE = 128
+"""ProGAN's 128 from each image (of 16k images there)."""
 NUM_PROJECTIONS = 512
 PROJECTIONS_PER_CHUNK = 128
 MIN_LEVEL_SIZE = 12
@@ -121,105 +131,139 @@ def projected_quantiles(descriptors: torch.Tensor, directions: torch.Tensor) -> 
 class SlicedWasserstein:
     """Holds the real images' projected patch quantiles; `swd(fake)` compares a generated set with them.
 
-    Patch positions and projections come from `seed`, so calls during a run are comparable.
+    `normalize`: "each" (the paper: each set by its own per-level, per-channel mean and std) or
+    "real" (both sets by the real set's). Patch positions and projections come from `seed`, so
+    calls during a run are comparable.
     """
 
-    def __init__(self, real: torch.Tensor, seed: int = 0, patches_per_image: int = PATCHES_PER_IMAGE, num_projections: int = NUM_PROJECTIONS):
+    def __init__(
+        self, real: torch.Tensor, seed: int = 0, patches_per_image: int = PATCHES_PER_IMAGE,
+        num_projections: int = NUM_PROJECTIONS, normalize: str = "each",
+    ):  # fmt: skip
+        assert normalize in ("each", "real"), normalize
         real = to_float(real)
-        self.seed, self.patches_per_image = seed, patches_per_image
+        self.seed, self.patches_per_image, self.normalize = seed, patches_per_image, normalize
         self.levels = num_levels(*real.shape[-2:])
         raw = self._descriptors(real, stream=0)
-        # Per level and channel, the real set's mean/std normalize both sets (see module docstring).
-        self.stats = [(d.mean(dim=(0, 2), keepdim=True), d.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)) for d in raw]
+        self.real_stats = [_stats(d) for d in raw]
         generator = torch.Generator().manual_seed(seed * 1000 + 2)
         self.directions = [random_directions(d[0].numel(), num_projections, generator) for d in raw]
-        self.real = [projected_quantiles(d, p) for d, p in zip(self._normalize(raw), self.directions)]
+        self.real = [projected_quantiles(d, p) for d, p in zip(_normalize(raw, self.real_stats), self.directions)]
+
+    @classmethod
+    def with_mode(cls, real: torch.Tensor, mode: str, seed: int = 0) -> SlicedWasserstein:
+        """The settings of `eval.swd_mode` (see SWD_MODES)."""
+        patches, normalize = SWD_MODES[mode]
+        return cls(real, seed, patches_per_image=patches, normalize=normalize)
 
     def _descriptors(self, images: torch.Tensor, stream: int) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1000 + stream)
         pyramid = laplacian_pyramid(images, self.levels)
         return [random_patches(level, self.patches_per_image, generator) for level in pyramid]  # (N, C, P*P) each
 
-    def _normalize(self, descriptors: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [((d - mean) / std).flatten(1) for d, (mean, std) in zip(descriptors, self.stats)]
-
     def __call__(self, fake: torch.Tensor) -> dict[str, Any]:
         """{"swd": mean over levels, "swd_levels": per level (finest first)}, both x 1e3."""
-        descriptors = self._normalize(self._descriptors(to_float(fake), stream=1))
+        raw = self._descriptors(to_float(fake), stream=1)
+        stats = [_stats(d) for d in raw] if self.normalize == "each" else self.real_stats
         per_level = [
             SWD_SCALE * (real - projected_quantiles(d, p)).abs().mean().item()
-            for real, d, p in zip(self.real, descriptors, self.directions)
+            for real, d, p in zip(self.real, _normalize(raw, stats), self.directions)
         ]
         return {"swd": round(sum(per_level) / len(per_level), 4), "swd_levels": [round(v, 4) for v in per_level]}
 
 
-def swd(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> float:
+def _stats(descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of one level's descriptors (N, C, P*P)."""
+    return descriptors.mean(dim=(0, 2), keepdim=True), descriptors.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)
+
+
+def _normalize(descriptors: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    return [((d - mean) / std).flatten(1) for d, (mean, std) in zip(descriptors, stats)]
+
+
+def swd(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, mode: str = "paper") -> float:
     """One-shot SWD x 1e3 between two image sets (uint8 or [-1, 1] floats, (B, C, H, W))."""
-    return SlicedWasserstein(real, seed)(fake)["swd"]
+    return SlicedWasserstein.with_mode(real, mode, seed)(fake)["swd"]
 
 
-# -- FID / KID (only with user-supplied Inception weights) -----------------------------------
+# -- FID / KID (torchmetrics, on Inception weights the user supplies) -------------------------
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FEATURE_BATCH = 64
+KID_SUBSET_SIZE = 1000
+KID_SUBSETS = 100
 
 
-class InceptionFeatures(nn.Module):
-    """torchvision Inception-v3 with the user's state_dict; images -> (N, 2048) pool features."""
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [-1, 1] float (N, C, H, W) -> uint8 (N, 3, H, W) on the CPU (grey repeated)."""
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
-    def __init__(self, weights: str | Path, device: torch.device):
+
+def inception_features(weights: str | Path) -> nn.Module:
+    """torch-fidelity's FID Inception-v3 (2048-d pool features of uint8 images) from a local file."""
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"eval.fid_weights: no file {path} (FID/KID need the FID Inception weights {FID_WEIGHTS_FILE} you provide; shardgan never downloads them)")
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError:
+        raise ConfigError("eval.fid_weights: FID/KID need torchmetrics and torch-fidelity (pip install 'shardgan[fid]')") from None
+    try:
+        # antialias=False: resize to 299 like the TensorFlow graph, so the numbers match published FIDs
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path), antialias=False)
+    except Exception as e:  # noqa: BLE001 - any failure means "not the weights we need"
+        raise ConfigError(f"eval.fid_weights: {path} is not the FID Inception state_dict {FID_WEIGHTS_FILE} ({str(e).splitlines()[0]})") from None
+
+
+class _Features(nn.Module):
+    """Pass-through for features computed once: the metrics take them as their 'images'."""
+
+    def __init__(self, num_features: int):
         super().__init__()
-        from torchvision.models import inception_v3
+        self.num_features = num_features
 
-        path = Path(weights)
-        if not path.is_file():
-            raise ConfigError(f"eval.fid_weights: no file {path} (FID/KID need torchvision inception_v3 weights you provide; shardgan never downloads them)")
-        model = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as e:  # noqa: BLE001 - any failure means "not the weights we need"
-            raise ConfigError(f"eval.fid_weights: {path} is not a torchvision inception_v3 state_dict ({str(e).splitlines()[0]})") from None
-        model.fc = nn.Identity()
-        self.model = model.eval().to(device)
-        self.device = device
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class FidKid:
+    """FID and KID (torchmetrics) of generated sets against one real set, on `features`: any
+    module from uint8 (N, 3, H, W) to (N, D) (the Inception above; a small stand-in in tests).
+    The real features are computed once; each set's features feed both metrics."""
+
+    def __init__(self, features: nn.Module, real: torch.Tensor, device: torch.device):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        self.features, self.device = features.eval().to(device), device
+        real_features = self.extract(real)
+        passthrough = _Features(real_features.shape[1])
+        self.fid = FrechetInceptionDistance(feature=passthrough, reset_real_features=False)
+        self.kid = KernelInceptionDistance(feature=passthrough, reset_real_features=False, subsets=KID_SUBSETS, subset_size=min(KID_SUBSET_SIZE, len(real)))
+        self.fid.update(real_features, real=True)
+        self.kid.update(real_features, real=True)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        feats = []
-        for batch in to_float(images).split(64):
-            x = (batch.to(self.device) + 1) / 2
-            x = x.expand(-1, 3, -1, -1)  # grayscale -> RGB
-            x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            feats.append(self.model((x - self.mean.to(x)) / self.std.to(x)).double().cpu())
-        return torch.cat(feats)
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, D) float64 features on the CPU."""
+        batches = to_uint8_rgb(images).split(FEATURE_BATCH)
+        return torch.cat([self.features(b.to(self.device)).reshape(len(b), -1).double().cpu() for b in batches])
 
-
-def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(m)
-    return vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(Ca + Cb - 2 (Ca^1/2 Cb Ca^1/2)^1/2) for (N, D) feature sets."""
-    a, b = a.double(), b.double()
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    root_a = _sqrtm_psd(ca)
-    cross = torch.linalg.eigvalsh(root_a @ cb @ root_a).clamp_min(0).sqrt().sum()
-    return float((a.mean(0) - b.mean(0)).square().sum() + ca.trace() + cb.trace() - 2 * cross)
-
-
-def kernel_inception_distance(a: torch.Tensor, b: torch.Tensor, num_subsets: int = 10, subset_size: int = 1000, seed: int = 0) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel, averaged over random subsets (Binkowski et al.)."""
-    a, b = a.double(), b.double()
-    m = min(subset_size, len(a), len(b))
-    generator = torch.Generator().manual_seed(seed)
-    kernel = lambda x, y: (x @ y.T / x.shape[1] + 1) ** 3  # noqa: E731
-    total = 0.0
-    for _ in range(num_subsets):
-        x = a[torch.randperm(len(a), generator=generator)[:m]]
-        y = b[torch.randperm(len(b), generator=generator)[:m]]
-        kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-        total += float((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1)) - 2 * kxy.mean())
-    return total / num_subsets
+    def __call__(self, fake: torch.Tensor) -> dict[str, float]:
+        """{"fid": ..., "kid": ...} of `fake` (uint8 or [-1, 1] floats); KID's subsets are drawn
+        from a fixed seed (torchmetrics draws them from the global RNG, hence the fork)."""
+        fake_features = self.extract(fake)
+        self.fid.reset(), self.kid.reset()  # keeps the real features
+        self.fid.update(fake_features, real=False)
+        self.kid.update(fake_features, real=False)
+        self.kid.subset_size = min(self.kid.subset_size, len(fake))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            kid_mean, _ = self.kid.compute()
+        return {"fid": round(float(self.fid.compute()), 4), "kid": round(float(kid_mean), 6)}
 
 
 # -- a generator against the val split ------------------------------------------------------
@@ -251,29 +295,24 @@ class Evaluator:
     num_images: int
     nz: int
     device: torch.device
-    inception: InceptionFeatures | None = None
-    real_features: torch.Tensor | None = None
+    fid_kid: FidKid | None = None
 
     @classmethod
     def build(cls, cfg: Config, device: torch.device) -> Evaluator:
         real = load_real_images(cfg.data, cfg.eval.num_images)
-        inception = InceptionFeatures(cfg.eval.fid_weights, device) if cfg.eval.fid_weights else None
-        return cls(
-            swd=SlicedWasserstein(real),
-            num_images=len(real),
-            nz=cfg.model.nz,
-            device=device,
-            inception=inception,
-            real_features=inception(real) if inception is not None else None,
-        )
+        if len(real) < cfg.eval.num_images:
+            log.warning(
+                "the val split of %s has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
+                cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
+            )  # fmt: skip
+        fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
+        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
 
     def __call__(self, generator: nn.Module) -> dict[str, Any]:
         fake = generate_images(generator, self.num_images, self.nz, self.device)
         scores = self.swd(fake)
-        if self.inception is not None:
-            fake_features = self.inception(fake)
-            scores["fid"] = round(frechet_distance(self.real_features, fake_features), 4)
-            scores["kid"] = round(kernel_inception_distance(self.real_features, fake_features), 6)
+        if self.fid_kid is not None:
+            scores.update(self.fid_kid(fake))
         return scores
 
 

@@ -37,14 +37,16 @@ CHANGE_POLICY: dict[str, str] = {
     # applied with a warning: the run continues from here under the new value, not bit-exactly
     **dict.fromkeys(("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2", "train.ema_decay"), APPLIED),
     **dict.fromkeys(("data.translate_px", "data.color_jitter", "data.hflip"), APPLIED),
+    **dict.fromkeys(("augment.policy", "augment.probability", "augment.translation_ratio", "augment.cutout_ratio"), APPLIED),
+    **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),
     **dict.fromkeys(("train.device", "train.precision", "train.channels_last", "train.compile"), APPLIED),
     # free: where things are, how fast they load, when to stop, log, save or evaluate
     **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor"), FREE),
     **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
-    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps"), FREE),
+    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),
     **dict.fromkeys(("checkpoint.resume", "checkpoint.allow_config_change", "run.root", "run.name"), FREE),
-    **dict.fromkeys(("eval.every_steps", "eval.num_images", "eval.fid_weights"), FREE),
+    **dict.fromkeys(("eval.every_steps", "eval.num_images", "eval.swd_mode", "eval.fid_weights"), FREE),
 }
 """Every config key's fate when a resumed run's value differs from its checkpoint's (README table).
 The data set itself (shard list and contents) is checked by the loader's fingerprint."""
@@ -68,7 +70,18 @@ def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
         ckpt.RNG: rng,
         ckpt.CONFIG: t.cfg.to_dict(),
         ckpt.FIXED_NOISE: t.fixed_noise,
+        AUGMENT_STATE: dist.gather_to_main(_augment_state(t)),
     }
+
+
+AUGMENT_STATE = "augment"
+"""Key of every rank's adaptive augmentation state ({"p", "sign_sum", "count"} or None, in rank
+order: the running sums are per rank); checkpoints from before ADA lack it."""
+
+
+def _augment_state(t: Trainer) -> dict[str, float | int] | None:
+    ada = t.diff_augment.ada if t.diff_augment is not None else None
+    return ada.state_dict() if ada is not None else None
 
 
 def save_checkpoint(t: Trainer, loader: ShardLoader, rd: RunDir, *, best: bool = False) -> None:
@@ -212,6 +225,11 @@ def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) 
         for group in opt.param_groups:
             group["lr"], group["betas"] = lr, (optim.beta1, optim.beta2)
     t.fixed_noise = state[ckpt.FIXED_NOISE]
+    ada = t.diff_augment.ada if t.diff_augment is not None else None
+    saved = [s for s in state.get(AUGMENT_STATE) or [] if s is not None]
+    if ada is not None and saved:  # else (ADA newly on): p starts at augment.probability
+        same_world = len(saved) == t.dist.world_size
+        ada.load_state_dict(saved[t.dist.rank] if same_world else {**saved[0], "sign_sum": 0.0, "count": 0})
     t.step = state[ckpt.STEP]
     loader.load_state_dict(state[ckpt.LOADER])
     if len(state[ckpt.RNG]) == t.dist.world_size:

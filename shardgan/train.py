@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from .losses import LOSSES
 from .models import count_params
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
-from .trainer import AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
+from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
 from .viz import save_grid, save_loss_curve
 
 log = logging.getLogger("shardgan")
@@ -39,17 +40,23 @@ log = logging.getLogger("shardgan")
 
 
 def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One D step (real -> 1, G(z) -> 0) and one G step (G(z) -> 1) on a uint8 batch."""
+    """One D step (real -> 1, G(z) -> 0) and one G step (G(z) -> 1) on a uint8 batch.
+
+    With augment.policy, D sees reals and fakes through the same differentiable augmentation,
+    drawn once per step: image i of the reals and image i of the fakes get the same shift,
+    cutout and colour change, in the D step and (through G's graph) in the G step."""
     cfg, rank = t.cfg, t.dist.rank
     d_loss, g_loss = LOSSES[cfg.model.loss]
     aug_rng = derived_generator(cfg.train.seed, rank, t.step, AUGMENT, device=t.device)
     real = augment(images.to(t.device, non_blocking=True), cfg.data, aug_rng).contiguous(memory_format=t.memory_format)  # (B, C, H, W)
     noise_rng = derived_generator(cfg.train.seed, rank, t.step, NOISE, device=t.device)
     z = torch.randn(real.shape[0], cfg.model.nz, 1, 1, generator=noise_rng, device=t.device)  # (B, nz, 1, 1)
+    through_d = _d_inputs(t, real.shape)
 
     with t.autocast():
         fake = t.g_run(z)  # (B, C, H, W)
-        real_logits, fake_logits = t.d_run(real), t.d_run(fake.detach())  # (B,), (B,)
+        fake_seen = through_d(fake)  # what D judges, in both steps
+        real_logits, fake_logits = t.d_run(through_d(real)), t.d_run(fake_seen.detach())  # (B,), (B,)
         loss_d = d_loss(real_logits, fake_logits)
     t.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
@@ -57,7 +64,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
     t.d.requires_grad_(False)
     with t.autocast():
-        loss_g = g_loss(t.d_frozen(fake))
+        loss_g = g_loss(t.d_frozen(fake_seen))
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
@@ -65,12 +72,41 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
 
     if t.ema is not None:
         t.ema.update(t.g)
-    return {
+    stats = {
         "loss_d": loss_d.detach(),
         "loss_g": loss_g.detach(),
         "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
         "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
+        "diversity": _diversity(fake.detach(), real),
     }
+    if t.diff_augment is not None and t.diff_augment.ada is not None:
+        stats["augment_p"] = torch.tensor(t.diff_augment.p)
+        _adapt(t, real_logits)
+    return stats
+
+
+def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
+    """This step's view of D's inputs: identity, or the augmentation drawn for this step."""
+    if t.diff_augment is None:
+        return lambda x: x
+    rng = derived_generator(t.cfg.train.seed, t.dist.rank, t.step, DIFF_AUGMENT, device=t.device)
+    params = t.diff_augment.draw(shape, rng, t.device)
+    return lambda x: t.diff_augment(x, params)
+
+
+def _diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Per-pixel std over the fake batch / the same over the real batch: ~1 when G varies as much
+    as the data, near 0 when every z gives the same image (mode collapse)."""
+    return fake.float().std(dim=0).mean() / real.float().std(dim=0).mean().clamp_min(1e-8)
+
+
+def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
+    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p."""
+    ada = t.diff_augment.ada
+    ada.observe(real_logits)
+    if (t.step + 1) % ada.interval_steps == 0:
+        total_sum, total_count = dist.all_reduce_sum([ada.sign_sum, float(ada.count)], t.device)
+        ada.update(total_sum, int(total_count))
 
 
 # -- the loop ---------------------------------------------------------------------------------

@@ -10,21 +10,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import DiffAugment, build_diff_augment
 from .config import Config
 from .distributed import DistInfo
 from .errors import ConfigError
 from .loader import ShardLoader
 from .models import EMA, build_models
 
-NOISE, AUGMENT, FIXED_NOISE = 0, 1, 2
-"""Streams of the derived generators: per-step latent noise, per-step augmentation, sample noise."""
+NOISE, AUGMENT, FIXED_NOISE, DIFF_AUGMENT = 0, 1, 2, 3
+"""Streams of the derived generators: per-step latent noise, per-step augmentation of the reals,
+the fixed sample noise (drawn once, as rank 0 at step 0), per-step augmentation in front of D."""
 NUM_FIXED_NOISE = 64
 
 
-def derived_generator(seed: int, *key: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for (seed, *key), e.g. (train.seed, rank, step, stream). On the training
-    device, so per-step draws need no host-to-device copies."""
-    state = np.random.SeedSequence([seed, *key]).generate_state(1, np.uint64)[0]
+def derived_generator(seed: int, rank: int, step: int, stream: int, *, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of (train.seed, rank, step, stream). On the training device, so per-step
+    draws need no host-to-device copies.
+
+    Always the full key: SeedSequence pads a short key with zeros, so (seed, 2) would be the
+    state of (seed, rank 2, step 0, NOISE); with four words, streams never share a state."""
+    state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state >> np.uint64(1)))
 
 
@@ -59,6 +64,8 @@ class Trainer:
     opt_d: torch.optim.Optimizer
     ema: EMA | None
     fixed_noise: torch.Tensor
+    diff_augment: DiffAugment | None
+    """Augmentation in front of D (reals and fakes alike); None without augment.policy."""
     g_run: nn.Module = field(init=False)
     """G as trained: compiled and/or DDP-wrapped."""
     d_run: nn.Module = field(init=False)
@@ -117,7 +124,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     fmt = memory_format(cfg, dist.device)
     g, d = g.to(dist.device, memory_format=fmt), d.to(dist.device, memory_format=fmt)
     adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": dist.device.type == "cuda"}
-    fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, FIXED_NOISE))
+    fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, FIXED_NOISE))
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -127,6 +134,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         opt_d=torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam),
         ema=EMA(g, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
         fixed_noise=fixed,
+        diff_augment=build_diff_augment(cfg.augment),
     )
 
 

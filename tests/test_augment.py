@@ -50,3 +50,124 @@ def test_color_jitter_keeps_gray_images_gray_and_changes_colour_ones():
     assert torch.allclose(out[:, 0], out[:, 1]) and torch.allclose(out[:, 1], out[:, 2])
     x = images().float() / 255
     assert not torch.allclose(color_jitter(x.clone(), 0.3, g), x)
+
+
+# -- differentiable augmentation in front of D ------------------------------------------------
+
+from shardgan.augment import AdaptiveProbability, apply_params, draw_params, parse_policy  # noqa: E402
+
+ALL_OPS = ("translation", "cutout", "color")
+
+
+def floats(batch: int = 8) -> torch.Tensor:
+    return to_float(images(batch))
+
+
+def test_policy_parsing_keeps_a_fixed_order_and_config_refuses_unknown_ops():
+    import pytest
+
+    from shardgan.config import AugmentConfig
+    from shardgan.errors import ConfigError
+
+    assert parse_policy("color, translation") == ("translation", "color") and parse_policy("") == ()
+    with pytest.raises(ConfigError, match="unknown rotate"):
+        AugmentConfig(policy="translation,rotate")
+    with pytest.raises(ConfigError, match="augment.probability"):
+        AugmentConfig(probability=1.5)
+
+
+def test_same_generator_state_same_params_and_probability_zero_is_identity():
+    x = floats()
+    a = apply_params(x, draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(1)))
+    b = apply_params(x, draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(1)))
+    c = apply_params(x, draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(2)))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    off = draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(1), probability=0.0)
+    assert torch.equal(apply_params(x, off), x)
+    # the stream does not depend on p: the same shifts are drawn whatever the probability
+    assert torch.equal(off.shift[0], draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(1)).shift[0])
+
+
+def test_translation_zero_fills_and_cutout_erases_a_rectangle():
+    x = torch.ones(1, 1, 8, 8)
+    dy, dx, on = torch.tensor([2]), torch.tensor([-3]), torch.tensor([True])
+    from shardgan.augment import AugmentParams
+
+    moved = apply_params(x, AugmentParams(shift=(dy, dx, on)))[0, 0]
+    assert moved[:2].abs().sum() == 0 and moved[:, 5:].abs().sum() == 0 and moved[2:, :5].eq(1).all()
+    cut = apply_params(x, AugmentParams(cutout=(torch.tensor([1]), torch.tensor([2]), on), cutout_size=(4, 4)))[0, 0]
+    assert cut[1:5, 2:6].abs().sum() == 0 and cut.sum() == 64 - 16
+
+
+def test_augmentation_is_differentiable():
+    x = floats().requires_grad_(True)
+    out = apply_params(x, draw_params(ALL_OPS, x.shape, torch.Generator().manual_seed(3)))
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_adaptive_probability_follows_the_sign_of_d_real():
+    ada = AdaptiveProbability(p=0.0, target=0.6, interval_steps=4, ramp_images=100)
+    ada.observe(torch.tensor([3.0, 2.0, 1.0, -1.0]))  # r_t = 0.5 <= 0.6: p stays at 0
+    assert ada.count == 4 and float(ada.sign_sum) == 2.0
+    ada.update(float(ada.sign_sum), ada.count)
+    assert ada.p == 0.0 and ada.count == 0
+    ada.update(40.0, 40)  # r_t = 1: D overfits, p up by 40 / 100
+    assert ada.p == 0.4
+    ada.update(-40.0, 40)
+    assert ada.p == 0.0
+    for _ in range(5):
+        ada.update(40.0, 40)
+    assert ada.p == 1.0
+    copy = AdaptiveProbability(p=0.0, target=0.6, interval_steps=4, ramp_images=100)
+    copy.load_state_dict(ada.state_dict())
+    assert copy == ada
+
+
+def test_train_step_shows_d_reals_and_fakes_through_the_same_augmentation(monkeypatch):
+    """G is replaced by one that returns the real batch: then D's real input, its fake input in the
+    D step and its fake input in the G step are equal only if the same parameters were applied."""
+    from torch import nn
+
+    from shardgan import train as train_module
+    from shardgan.config import Config
+    from shardgan.distributed import DistInfo
+    from shardgan.trainer import build_trainer
+
+    cfg = Config()
+    cfg.data.translate_px, cfg.data.color_jitter = 0, 0.0
+    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 16, 12, 8, 4, 4
+    cfg.augment.policy, cfg.augment.probability = "translation,cutout,color", 1.0
+    t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    t.wrap()
+    batch = images(8)
+
+    class Copier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return to_float(batch) + self.w
+
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    class Recorder(nn.Module):
+        def __init__(self, name: str, d: nn.Module) -> None:
+            super().__init__()
+            self.name, self.d = name, d
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((self.name, x.detach().clone()))
+            return self.d(x)
+
+    t.g_run, t.d_run, t.d_frozen = Copier(), Recorder("d_step", t.d_run), Recorder("g_step", t.d_frozen)
+    train_module.train_step(t, batch)
+    assert [name for name, _ in seen] == ["d_step", "d_step", "g_step"]
+    (_, real), (_, fake), (_, fake_in_g_step) = seen
+    assert torch.equal(real, fake) and torch.equal(fake, fake_in_g_step)
+    assert not torch.equal(real, to_float(batch)), "the policy should have changed the images"
+    seen.clear()
+    t.step += 1
+    train_module.train_step(t, batch)
+    assert not torch.equal(seen[0][1], real), "another step draws other parameters"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from shardgan import checkpoint as ckpt
+from shardgan.rundir import read_metrics
 from shardgan import hooks
 from shardgan import train as train_module
 from shardgan import trainer
@@ -73,3 +74,42 @@ def test_epoch_end_save_checks_the_losses_first(tiny_shards: Path, tmp_path: Pat
     assert train_inprocess(tiny_shards, run, *NO_STEP_SAVES, "checkpoint.every_minutes=0", "checkpoint.at_epoch_end=true") == 3
     assert f"non-finite loss at step {BATCHES_PER_EPOCH}" in capsys.readouterr().err
     assert ckpt.list_checkpoints(run / "checkpoints") == []
+
+
+def test_watchdog_counts_logs_in_a_row_and_resets() -> None:
+    dog = hooks.CollapseWatchdog(logs_in_a_row=3)
+    wins = {"d_real": 0.99, "d_fake": 0.01, "diversity": 0.9}
+    fair = {"d_real": 0.7, "d_fake": 0.3, "diversity": 0.9}
+    assert [dog.check(wins) for _ in range(2)] == [None, None]
+    assert dog.check(fair) is None  # the streak is broken
+    assert [dog.check(wins) for _ in range(4)] == [None, None, "d_wins", "d_wins"]
+    assert dog.just_started() == []  # warned at the third, not again
+    collapsed = {**wins, "diversity": 0.05}
+    assert [dog.check(collapsed) for _ in range(3)] == ["d_wins", "d_wins", "d_wins+low_diversity"]
+    assert hooks.CollapseWatchdog(logs_in_a_row=0).check(wins) is None
+
+
+def test_watchdog_warns_once_marks_metrics_and_a_resumed_run_continues_the_streak(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """D 'wins' from step 15 on (stats forced); logs every 5 steps, 3 logs in a row to warn."""
+    import torch
+
+    real_step = train_module.train_step
+
+    def d_wins_late(t, images):
+        stats = real_step(t, images)
+        if t.step >= 14:  # the step about to be counted is t.step + 1
+            stats.update(d_real=torch.tensor(0.99), d_fake=torch.tensor(0.01))
+        return stats
+
+    monkeypatch.setattr(train_module, "train_step", d_wins_late)
+    run = tmp_path / "collapse"
+    assert train_inprocess(tiny_shards, run, "train.max_steps=30", "train.collapse_logs=3") == 0
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "loss_d" in r]
+    assert [(r["step"], r.get("collapse")) for r in records] == [(5, None), (10, None), (15, None), (20, None), (25, "d_wins"), (30, "d_wins")]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "collapse watchdog" in line]
+    assert len(warnings) == 1 and "WARNING collapse watchdog at step 25: D has won" in warnings[0]
+    assert train_inprocess(tiny_shards, run, "train.max_steps=35", "train.collapse_logs=3") == 0
+    assert read_metrics(run / "metrics.jsonl")[-1]["collapse"] == "d_wins"  # the streak went on across the resume
+    assert "collapse watchdog" not in capsys.readouterr().err

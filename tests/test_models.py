@@ -71,3 +71,17 @@ def test_ema_moves_towards_model() -> None:
     ema.update(g)
     assert torch.allclose(next(ema.model.parameters()), before + 0.5)
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_spectral_norm_vectors_belong_to_the_initialized_weights() -> None:
+    """u and v come from power iterations on the weights init_weights drew, not PyTorch's defaults:
+    v is the normalized W^T u of the final weights, and u^T W v is close to W's largest singular value."""
+    _, d = build_models(ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, spectral_norm=True), seed=0)
+    layers = [m for m in d.modules() if hasattr(m, "parametrizations")]
+    assert layers
+    for m in layers:
+        sn = m.parametrizations.weight[0]
+        matrix = m.parametrizations.weight.original.detach().flatten(1)
+        torch.testing.assert_close(sn._v, torch.nn.functional.normalize(matrix.T @ sn._u, dim=0))
+        sigma = torch.dot(sn._u, matrix @ sn._v)
+        assert sigma == pytest.approx(torch.linalg.matrix_norm(matrix, ord=2).item(), rel=0.05)

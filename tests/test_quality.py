@@ -12,13 +12,13 @@ from shardgan.config import Config
 from shardgan.errors import ConfigError, DataError
 from shardgan.quality import (
     Evaluator,
-    InceptionFeatures,
+    FidKid,
     SlicedWasserstein,
     _up,
-    frechet_distance,
-    kernel_inception_distance,
+    inception_features,
     laplacian_pyramid,
     num_levels,
+    to_uint8_rgb,
 )
 
 from .conftest import build_dataset, game_frame
@@ -32,7 +32,7 @@ def frames(start: int, count: int, width: int = 32, height: int = 24) -> torch.T
 @pytest.fixture(scope="module")
 def real_swd() -> tuple[SlicedWasserstein, torch.Tensor]:
     """SWD reference on frames 0..63 and 64 other frames of the same kind (fewer projections: speed)."""
-    return SlicedWasserstein(frames(0, 64), patches_per_image=32, num_projections=128), frames(1000, 64)
+    return SlicedWasserstein(frames(0, 64), patches_per_image=32, num_projections=128, normalize="real"), frames(1000, 64)
 
 
 def test_swd_real_vs_real_is_far_below_noise_and_colour_shift(real_swd: tuple[SlicedWasserstein, torch.Tensor]) -> None:
@@ -66,21 +66,68 @@ def test_laplacian_pyramid_sums_back_to_the_image() -> None:
     torch.testing.assert_close(rebuilt, images)
 
 
-def test_frechet_and_kid_are_zero_for_the_same_set_and_grow_with_a_shift() -> None:
-    rng = torch.Generator().manual_seed(0)
-    a, b = torch.randn(400, 8, generator=rng), torch.randn(400, 8, generator=rng)
-    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
-    assert frechet_distance(a, b) < frechet_distance(a, b + 1.0)
-    assert kernel_inception_distance(a, b, subset_size=100) < kernel_inception_distance(a, b + 1.0, subset_size=100)
+def test_paper_swd_normalizes_each_set_by_its_own_statistics() -> None:
+    """A global colour cast is normalized away by the paper's SWD, and counts with real_stats."""
+    real, other = frames(0, 48), frames(1000, 48)
+    cast = (other.float() / 127.5 - 1) * 0.8 + 0.1  # lower contrast, brighter: per-channel affine
+    paper = SlicedWasserstein.with_mode(real, "paper")
+    assert paper.patches_per_image == 128 and paper.normalize == "each"
+    assert paper(cast)["swd"] < 1.5 * paper(other)["swd"]
+    real_stats = SlicedWasserstein.with_mode(real, "real_stats")
+    assert real_stats.patches_per_image == 64
+    assert real_stats(cast)["swd"] > 3 * real_stats(other)["swd"]
+
+
+class StandIn(torch.nn.Module):
+    """A tiny fixed feature network in place of Inception: uint8 (N, 3, H, W) -> (N, 48)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(48, 48, bias=False)
+        torch.nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8 and images.shape[1] == 3  # what the Inception takes
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, (4, 4)).flatten(1)
+        return self.proj(pooled)
+
+
+def test_fid_and_kid_come_from_torchmetrics_on_a_stand_in_network() -> None:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    real, other = frames(0, 64), frames(1000, 64)
+    noise = torch.randint(0, 256, other.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    metric = FidKid(StandIn(), real, torch.device("cpu"))
+    same, far = metric(other), metric(noise)
+    assert same["fid"] < far["fid"] and same["kid"] < far["kid"]
+    assert metric(other) == same  # KID's subsets come from a fixed seed
+    assert metric(other.float() / 127.5 - 1) == same  # [-1, 1] floats are the same images
+
+    # the same numbers as torchmetrics used the documented way, on the images themselves
+    fid = FrechetInceptionDistance(feature=StandIn())
+    kid = KernelInceptionDistance(feature=StandIn(), subsets=100, subset_size=64)
+    for m in (fid, kid):
+        m.update(real, real=True)
+        m.update(noise, real=False)
+    assert far["fid"] == pytest.approx(float(fid.compute()), rel=1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        assert far["kid"] == pytest.approx(float(kid.compute()[0]), rel=1e-5)
+
+
+def test_grey_and_float_images_become_uint8_rgb() -> None:
+    grey = torch.tensor([[[[-1.0, 1.0]]]])  # (1, 1, 1, 2)
+    assert to_uint8_rgb(grey).tolist() == [[[[0, 255]], [[0, 255]], [[0, 255]]]]
 
 
 def test_missing_inception_weights_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="never downloads"):
-        InceptionFeatures(tmp_path / "nope.pth", torch.device("cpu"))
+        inception_features(tmp_path / "nope.pth")
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(ConfigError, match="not a torchvision inception_v3"):
-        InceptionFeatures(bad, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="is not the FID Inception"):
+        inception_features(bad)
 
 
 def test_evaluator_scores_a_generator_against_the_val_split(tmp_path: Path) -> None:
@@ -97,6 +144,28 @@ def test_evaluator_scores_a_generator_against_the_val_split(tmp_path: Path) -> N
     scores = evaluator(g)
     assert scores["swd"] > 0 and scores == evaluator(g)
     assert g.training  # eval mode was only borrowed
+
+
+def test_evaluator_warns_once_when_the_val_split_is_smaller_than_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    build_dataset(tmp_path / "shards", [16], width=16, height=12, val_sizes=(8,))
+    cfg = Config()
+    cfg.data.shards = str(tmp_path / "shards")
+    cfg.model.width, cfg.model.height = 16, 12
+    cfg.eval.num_images = 512
+    with caplog.at_level("WARNING", logger="shardgan"):
+        evaluator = Evaluator.build(cfg, torch.device("cpu"))
+    assert evaluator.num_images == 8
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "has 8 images, fewer than eval.num_images=512" in warnings[0] and "\n" not in warnings[0]
+
+
+@pytest.mark.parametrize("count", ["0", "1", "-3"])
+def test_eval_refuses_invalid_counts_in_one_line(tmp_path: Path, count: str, capsys: pytest.CaptureFixture) -> None:
+    from shardgan.cli import main
+
+    assert main(["eval", str(tmp_path), "-n", count]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "num-images" in err
 
 
 def test_evaluator_without_val_split_says_how_to_make_one(tmp_path: Path) -> None:

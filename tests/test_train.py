@@ -40,7 +40,7 @@ def test_run_dir_holds_outputs(straight: Path) -> None:
     assert [p.name for p in ckpt.list_checkpoints(straight / "checkpoints")] == [f"step_{s:08d}.pt" for s in (40, 35, 30)]
     records = read_metrics(straight / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(5, STEPS + 1, 5))
-    assert set(records[0]) == {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "lr"}
+    assert set(records[0]) == {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake", "diversity", "augment_p", "images_per_s", "lr"}
     assert [r["epoch"] for r in records][:4] == [0, 0, 0, 1]
     state = newest(straight)
     assert state[ckpt.LOADER]["epoch"] == 2 and state[ckpt.LOADER]["samples_seen"] == 10 * 8
@@ -151,3 +151,32 @@ def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:
     assert lagged.push(1, ok) is None and lagged.push(2, bad) is None and lagged.push(3, ok) == 2
     assert lagged.push(4, bad) is None and lagged.now() == 4 and lagged.now() is None
     assert FiniteCheck(lagged=False).push(7, bad) == 7
+
+
+def test_adaptive_augmentation_state_is_checkpointed_per_rank_and_moves_p(straight: Path) -> None:
+    from shardgan.resume import AUGMENT_STATE
+
+    (state,) = newest(straight)[AUGMENT_STATE]  # one rank
+    records = read_metrics(straight / "metrics.jsonl")
+    assert abs(records[0]["augment_p"] - 0.5) == pytest.approx(4 * 8 / 2000)  # from augment.probability, one update (step 4) by 32/2000
+    assert len({r["augment_p"] for r in records}) > 2, "ADA should move p during the run"
+    assert state["count"] == (STEPS % 4) * 8  # mid-interval sums are saved (interval 4, batch 8)
+    assert 0.0 <= state["p"] <= 1.0
+
+
+def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
+    import torch
+
+    from shardgan.config import Config
+    from shardgan.distributed import DistInfo
+    from shardgan.trainer import AUGMENT, DIFF_AUGMENT, NOISE, build_trainer, derived_generator
+
+    cfg = Config()
+    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 24, 16, 8, 4, 4
+    t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    fixed = t.fixed_noise.flatten(1)  # (64, nz)
+    seeds = {derived_generator(0, r, s, k).initial_seed() for r in range(16) for s in range(4) for k in (NOISE, AUGMENT, DIFF_AUGMENT)}
+    assert len(seeds) == 16 * 4 * 3
+    for rank in range(16):
+        z = torch.randn(8, cfg.model.nz, generator=derived_generator(0, rank, 0, NOISE))
+        assert not torch.equal(z, fixed[:8]), f"fixed noise equals rank {rank}'s training noise at step 0"

@@ -1,8 +1,8 @@
 """Trainer test runs shared by tests/test_train.py and tests/faults/test_train_faults.py
 (a pytest plugin, so the session fixtures below are computed once per session).
 
-All runs use configs/tiny.toml (24x16 frames, ngf=ndf=8) on real shards for STEPS steps,
-crossing two epoch ends. Every run uses one intra-op thread, so float reductions happen in
+All runs use configs/tiny.toml (24x16 frames, ngf=ndf=8, DiffAugment with ADA on) on real
+shards for STEPS steps, crossing two epoch ends. Every run uses one intra-op thread, so float reductions happen in
 the same order in the pytest process, in `python -m` subprocesses and under torchrun.
 """
 
@@ -21,6 +21,7 @@ import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan.cli import main
+from shardgan.resume import AUGMENT_STATE
 from tests.conftest import PYTHON, ROOT, build_dataset
 
 CONFIG = ROOT / "configs" / "tiny.toml"
@@ -28,7 +29,7 @@ STEPS = 40
 """15 batches per epoch: 40 steps cross two epoch ends, and stops mid-epoch."""
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [str(Path(PYTHON).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "--signals_to_handle=SIGTERM,SIGINT,SIGUSR1"]
-COMPARED = (ckpt.G, ckpt.D, ckpt.EMA, ckpt.OPT_G, ckpt.OPT_D, ckpt.STEP, ckpt.LOADER, ckpt.FIXED_NOISE)
+COMPARED = (ckpt.G, ckpt.D, ckpt.EMA, ckpt.OPT_G, ckpt.OPT_D, ckpt.STEP, ckpt.LOADER, ckpt.FIXED_NOISE, AUGMENT_STATE)
 
 
 @contextlib.contextmanager
