@@ -80,10 +80,10 @@ def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum of `values` over all ranks (float64); local when alone."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t.tolist()
 
 
