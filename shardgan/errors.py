@@ -36,3 +36,9 @@ class NonFiniteLossError(ShardganError):
     """Training produced NaN/inf; the last good checkpoint stays in place."""
 
     exit_code = 3
+
+
+class Interrupted(ShardganError):
+    """Ctrl-C: what was finished is kept, and the same command goes on from there."""
+
+    exit_code = 130

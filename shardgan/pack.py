@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublished_write, write_bytes_atomic
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, Interrupted
 from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
 from .shards import IMAGE_FORMATS, TAR_BLOCK, Sample, encode_image, sample_key, write_shard
@@ -190,6 +190,8 @@ def build_plan(src: Path, options: PackOptions) -> Plan:
     inputs, skipped = scan(src)
     if not inputs:
         raise DataError(f"no image or video files under {src} (looked for .png .jpg .jpeg .bmp .webp .mp4 .mkv .avi .webm)")
+    if options.val >= len(inputs) and not any(is_video(path) for path, _ in inputs):  # known before encoding anything
+        raise DataError(f"--val {options.val:g} asks for {options.num_val(len(inputs))} validation samples but {src} holds only {len(inputs)} frames")
     return Plan(inputs, [(s.path, s.reason) for s in skipped], options.encode_args())
 
 
@@ -472,7 +474,7 @@ def pack_dataset(
     plan = build_plan(src, options)
     clock.lap("scan")
     pack_args = {**asdict(options), "inputs_sha256": plan.fingerprint()}
-    with _write_errors(dst):
+    with _write_errors(dst), _interrupt_keeps_work(dst):
         if overwrite:
             clear_dataset(dst)
         elif (done := _finished_pack(dst, pack_args)) is not None:
@@ -512,6 +514,15 @@ def pack_dataset(
     for line in summary.lines():
         log(line)
     return summary
+
+
+@contextlib.contextmanager
+def _interrupt_keeps_work(dst: Path) -> Iterator[None]:
+    """Ctrl-C: one line saying what is kept; encoded chunks are complete files, so a rerun goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: the frames encoded so far are kept in {dst / WORK_DIR}; run the same command again to go on") from None
 
 
 @contextlib.contextmanager
@@ -591,7 +602,7 @@ def _chunk_records(
     # Videos have unknown frame counts: then the bar counts frames without a total.
     total = None if has_video else sum(len(t.inputs) for t in tasks)
     results = zip(tasks, _map(pool, encode_chunk, tasks))
-    bar = tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1, disable=not tasks)
+    bar = tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1, disable=None if tasks else True)  # None: off a terminal
     # One thread fsyncs and renames finished chunks in order while the encoding goes on.
     with bar, ThreadPoolExecutor(1) as publisher:
         published = []
@@ -635,7 +646,7 @@ def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[
         for split, shards in split_and_cut(selection.kept, options).items()
         for i, samples in enumerate(shards)
     ]
-    infos = list(tqdm(_map(pool, write_shard_task, tasks), total=len(tasks), unit="shard", desc="write", dynamic_ncols=True))
+    infos = list(tqdm(_map(pool, write_shard_task, tasks), total=len(tasks), unit="shard", desc="write", dynamic_ncols=True, disable=None))
     splits = {split: SplitInfo([info for info in infos if info.name.startswith(f"{split}-")]) for split in SPLITS}
     manifest = Manifest(
         width=options.width,
@@ -694,7 +705,9 @@ def _map(pool: Any, fn: Callable, tasks: list) -> Iterable:
 
 
 def _die_with_parent() -> None:
-    """Workers exit when the pack process dies (even by kill -9) instead of writing on unseen."""
+    """Workers exit when the pack process dies (even by kill -9) instead of writing on unseen,
+    and leave Ctrl-C to it (no traceback from every worker; it terminates them)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # parent already gone before prctl took effect

@@ -314,3 +314,30 @@ def test_unwritable_dst_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / "a_file").write_text("not a directory")
     err = _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "src"), str(tmp_path / "a_file" / "dst"))
     assert "pack stopped writing to" in err and "Not a directory" in err
+
+
+def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    write_frames(tmp_path / "src", 12)
+    err = _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "src"), str(tmp_path / "dst"), "--val", "1000")
+    assert f"--val 1000 asks for 1000 validation samples but {tmp_path / 'src'} holds only 12 frames" in err
+    assert not (tmp_path / "dst" / ".work").exists()  # nothing was encoded
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_pack_is_one_line_exit_130_and_the_rerun_goes_on(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group (pack and its pool workers), as in a terminal."""
+    write_frames(tmp_path / "src", 48)
+    pack(tmp_path / "src", tmp_path / "reference", KILL_OPTIONS)
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen([PYTHON, "-c", SLOW_PACK, str(tmp_path / "src"), str(dst), *KILL_ARGS], cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _count(dst, "chunks") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    lines = [line for line in stderr.split("\n") if line and "\r" not in line]
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert lines == [f"error: interrupted: the frames encoded so far are kept in {dst / '.work'}; run the same command again to go on"]
+    assert _count(dst, "chunks") >= 2
+    pack(tmp_path / "src", dst, KILL_OPTIONS, workers=2)
+    assert tree_bytes(dst) == tree_bytes(tmp_path / "reference")
