@@ -27,7 +27,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit")) -> None:
+def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_print_version, is_eager=True, help="Print the version and exit")) -> None:
     """Pack game frames into WebDataset shards and train DCGANs on them with exact resume."""
 
 
@@ -66,9 +66,9 @@ def pack_cmd(
     blank_threshold: float = typer.Option(2.0, "--blank-threshold", min=0, help="Drop frames whose pixel std is below this (0 keeps all)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Encoding processes (default: all cores)"),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: encode only part I of N (SLURM arrays); then run --merge"),
-    merge: bool = typer.Option(False, "--merge", help="Write shards + manifest from the encoded parts"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different dataset already in DST"),
-    keep_work: bool = typer.Option(False, "--keep-work", help="Keep DST/.work (encoded chunks) after packing"),
+    merge: bool = typer.Option(False, "--merge", metavar="", help="Write shards + manifest from the encoded parts"),
+    overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace a different dataset already in DST"),
+    keep_work: bool = typer.Option(False, "--keep-work", metavar="", help="Keep DST/.work (encoded chunks) after packing"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
     from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
@@ -87,7 +87,7 @@ def pack_cmd(
 @app.command("inspect")
 def inspect_cmd(
     dst: Path = typer.Argument(..., help="A packed dataset folder (or its manifest.json)"),
-    verify: bool = typer.Option(False, "--verify", help="Re-check every shard's sha256 and decode every sample"),
+    verify: bool = typer.Option(False, "--verify", metavar="", help="Re-check every shard's sha256 and decode every sample"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet of random train samples here"),
     grid_count: int = typer.Option(64, "--grid-count", min=1, help="Samples on the contact sheet"),
     seed: int = typer.Option(0, "--seed", help="Which random samples go on the contact sheet"),
@@ -103,8 +103,8 @@ def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: the config file's name)"),
-    allow_config_change: bool = typer.Option(False, "--allow-config-change", help="Resume despite a batch/world/image size change"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit"),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch/world/image size change"),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the resolved config and exit"),
 ) -> None:
     """Train a DCGAN (one process; `torchrun -m shardgan.train` takes the same arguments, for DDP).
     Exits 75 when a signal stopped it after its checkpoint: rerun the same command to resume."""
@@ -118,7 +118,7 @@ def generate_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/GC7M"),
     num_images: int = typer.Option(64, "--num", "-n", min=1, help="Number of images"),
     seed: int = typer.Option(0, "--seed", help="Latent seed: same seed, same images"),
-    grid: bool = typer.Option(True, "--grid/--separate", help="One grid PNG or one PNG per image"),
+    grid: bool = typer.Option(True, "--grid/--separate", metavar="", help="One grid PNG or one PNG per image"),
     interpolate: int = typer.Option(0, "--interpolate", min=0, help="Write an N-image latent walk strip instead (0: off)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/generated)"),
@@ -135,7 +135,7 @@ def generate_cmd(
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory, e.g. runs/demo"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
-    best: bool = typer.Option(False, "--best", help="Score the run's best-SWD checkpoint instead of the newest"),
+    best: bool = typer.Option(False, "--best", metavar="", help="Score the run's best-SWD checkpoint instead of the newest"),
     num_images: Optional[int] = typer.Option(None, "--num-images", "-n", min=2, help="Real and generated images compared (default: eval.num_images)"),
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torchvision inception_v3 state_dict file: adds FID and KID"),
     shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),

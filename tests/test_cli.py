@@ -47,3 +47,12 @@ def test_bad_values_answer_one_line_exit_2(args: list[str], message: str, straig
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     assert message.format(**fill) in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("command", ["pack", "inspect", "train", "generate", "eval"])
+def test_help_shows_flags_without_a_value_placeholder(command: str) -> None:
+    """`--verify` takes no value, so its help must not show `--verify <bool>`."""
+    done = shardgan(command, "--help")
+    assert done.returncode == 0
+    flags = [line for line in done.stdout.splitlines() if "<bool>" in line and "--help" not in line]
+    assert flags == []
