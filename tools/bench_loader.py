@@ -93,14 +93,6 @@ class PngDataset(StreamingDataset):
             item["image"] = np.asarray(Image.open(io.BytesIO(item["image"])).convert("RGB"))
         return item
 
-def http_ratio_lines(r: dict) -> dict[str, float]:
-    ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
-              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
-    print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
-          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
-          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
-    return ratios
-
 
 if __name__ == "__main__":
     shards, out, workers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
