@@ -13,9 +13,11 @@ preads, so resuming deep into an epoch costs the same for them as for local shar
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -430,12 +432,16 @@ class ShardLoader:
         self._dataset.order(self.epoch)  # computed once here; forked workers inherit it
         with blocked():  # workers are forked here
             batches = iter(self._dataloader)
-        for item in batches:
-            if "error" in item:
-                raise item["error"]
-            self._note_corrupt(item.pop("corrupt"))
-            self.samples_seen += self.global_batch
-            yield item
+        _LIVE.add(batches)
+        try:
+            for item in batches:
+                if "error" in item:
+                    raise item["error"]
+                self._note_corrupt(item.pop("corrupt"))
+                self.samples_seen += self.global_batch
+                yield item
+        finally:
+            _stop_workers(batches)
         self.epoch += 1
         self.samples_seen = 0
 
@@ -469,6 +475,26 @@ class ShardLoader:
             )
         if len(self) == 0:  # less than one global batch left: that is the epoch's remainder
             self.epoch, self.samples_seen = self.epoch + 1, 0
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+"""DataLoader iterators whose workers may still run."""
+
+
+def _stop_workers(batches: Iterator[Any]) -> None:
+    """Stop the DataLoader workers now. They ignore SIGTERM (stop.ignore_in_worker), so
+    multiprocessing's exit-time terminate() cannot stop them: an epoch left early (an error, a
+    `break`, a generator never closed) must be stopped here, or the process hangs at exit. torch
+    has no public close for its iterator, hence the private call."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+@atexit.register  # runs before multiprocessing's own exit handler, registered earlier
+def _stop_all_workers() -> None:
+    for batches in list(_LIVE):
+        _stop_workers(batches)
 
 
 def _check_state(state: dict[str, Any], current: dict[str, Any]) -> None:

@@ -140,3 +140,34 @@ def test_torchrun_ranks_stay_in_step_over_a_corrupt_shard(tmp_path):
     assert sorted(k for r in reports for _, k in r["corrupt"]) == bad_keys
     keys = [{k for batch in r["keys"] for k in batch} for r in reports]
     assert not keys[0] & keys[1] and not (keys[0] | keys[1]) & set(bad_keys)
+
+
+LEFT_EARLY = """
+import sys
+from pathlib import Path
+from shardgan.config import DataConfig
+from shardgan.loader import ShardLoader
+
+kept = []
+loader = ShardLoader(DataConfig(shards=sys.argv[1], batch_size=2, num_workers=2, on_corrupt="fail"))
+try:
+    list(loader)
+except Exception as e:
+    kept.append(e)  # the traceback keeps the epoch's frames alive until exit
+it = iter(ShardLoader(DataConfig(shards=sys.argv[1], batch_size=2, num_workers=2)))
+next(it)  # and an epoch left after one batch, never closed
+print("done", type(kept[0]).__name__, flush=True)
+"""
+
+
+def test_a_process_whose_epoch_ended_early_still_exits(tmp_path):
+    """DataLoader workers ignore SIGTERM (preemption is the trainer's), so multiprocessing's exit-time
+    terminate() cannot stop them: the loader must stop its workers itself, or the process hangs."""
+    import subprocess
+
+    from ..conftest import PYTHON
+
+    build_dataset(tmp_path, SIZES)
+    corrupt_images(tmp_path / "train-000002.tar", ["000000021"])
+    done = subprocess.run([PYTHON, "-c", LEFT_EARLY, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "done CorruptSampleError", done.stderr[-2000:]
