@@ -489,6 +489,10 @@ def _stop_workers(batches: Iterator[Any]) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)
     if shutdown is not None:
         shutdown()
+    for worker in getattr(batches, "_workers", []):  # one that is stuck ignores the SIGTERM torch sends
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 @atexit.register  # runs before multiprocessing's own exit handler, registered earlier
