@@ -194,15 +194,51 @@ def count_params(module: nn.Module) -> int:
 
 
 class EMA:
-    """Exponential moving average of a model's weights (buffers copied), used for samples."""
+    """Exponential moving average of G's weights: what samples, eval and `generate` use.
 
-    def __init__(self, model: nn.Module, decay: float):
+    BatchNorm's running statistics are neither averaged nor copied from G: G's own belong to
+    G's newest weights, and under the averaged weights they wash the samples out (greyer,
+    flatter than the data). They are recomputed for the averaged weights from a fixed noise
+    set ("standing statistics", as in BigGAN) whenever the average is read after an update.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, stats_noise: torch.Tensor):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.stats_noise = stats_noise
+        self.fresh = False
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for ema_param, param in zip(self.model.parameters(), model.parameters()):
             ema_param.lerp_(param, 1.0 - self.decay)
-        for ema_buf, buf in zip(self.model.buffers(), model.buffers()):
-            ema_buf.copy_(buf)
+        self.fresh = False
+
+    @property
+    def averaged(self) -> nn.Module:
+        """The averaged model in eval mode, its BatchNorm statistics those of its own weights."""
+        if not self.fresh:
+            standing_stats(self.model, self.stats_noise)
+            self.fresh = True
+        return self.model
+
+
+STANDING_STATS_BATCH = 64
+
+
+@torch.no_grad()
+def standing_stats(gen: nn.Module, noise: torch.Tensor) -> None:
+    """Set G's BatchNorm running statistics to the plain average over `noise`, in batches of
+    STANDING_STATS_BATCH, of the batch statistics G normalizes with in training."""
+    norms = [m for m in gen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    gen.train()
+    device = next(gen.parameters()).device
+    for batch in noise.split(STANDING_STATS_BATCH):
+        gen(batch.to(device))
+    gen.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum

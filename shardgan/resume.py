@@ -61,7 +61,7 @@ def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
     return {
         ckpt.G: t.g.state_dict(),
         ckpt.D: t.d.state_dict(),
-        ckpt.EMA: t.ema.model.state_dict() if t.ema is not None else None,
+        ckpt.EMA: t.ema.averaged.state_dict() if t.ema is not None else None,
         ckpt.OPT_G: t.opt_g.state_dict(),
         ckpt.OPT_D: t.opt_d.state_dict(),
         ckpt.STEP: t.step,

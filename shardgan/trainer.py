@@ -17,10 +17,12 @@ from .errors import ConfigError
 from .loader import ShardLoader
 from .models import EMA, build_models
 
-NOISE, AUGMENT, FIXED_NOISE, DIFF_AUGMENT = 0, 1, 2, 3
+NOISE, AUGMENT, FIXED_NOISE, DIFF_AUGMENT, STATS_NOISE = 0, 1, 2, 3, 4
 """Streams of the derived generators: per-step latent noise, per-step augmentation of the reals,
-the fixed sample noise (drawn once, as rank 0 at step 0), per-step augmentation in front of D."""
+the fixed sample noise (drawn once, as rank 0 at step 0), per-step augmentation in front of D,
+the noise the EMA generator's BatchNorm statistics are computed from (drawn once)."""
 NUM_FIXED_NOISE = 64
+NUM_STATS_NOISE = 512
 
 
 def derived_generator(seed: int, rank: int, step: int, stream: int, *, device: torch.device | str = "cpu") -> torch.Generator:
@@ -81,7 +83,7 @@ class Trainer:
 
     @property
     def sampler(self) -> nn.Module:
-        return self.ema.model if self.ema is not None else self.g
+        return self.ema.averaged if self.ema is not None else self.g
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -125,6 +127,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     g, d = g.to(dist.device, memory_format=fmt), d.to(dist.device, memory_format=fmt)
     adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": dist.device.type == "cuda"}
     fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, FIXED_NOISE))
+    stats_noise = torch.randn(NUM_STATS_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, STATS_NOISE))
     return Trainer(
         cfg=cfg,
         dist=dist,
@@ -132,7 +135,7 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
         d=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, **adam),
         opt_d=torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam),
-        ema=EMA(g, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
+        ema=EMA(g, cfg.train.ema_decay, stats_noise) if cfg.train.ema_decay > 0 else None,
         fixed_noise=fixed,
         diff_augment=build_diff_augment(cfg.augment),
     )

@@ -63,7 +63,7 @@ def test_same_seed_same_weights_without_global_seeding() -> None:
 
 def test_ema_moves_towards_model() -> None:
     g, _ = build_models(ModelConfig(width=16, height=16, nz=8, ngf=4, ndf=4), seed=0)
-    ema = EMA(g, decay=0.5)
+    ema = EMA(g, decay=0.5, stats_noise=torch.randn(8, 8, 1, 1))
     before = next(ema.model.parameters()).clone()
     with torch.no_grad():
         for p in g.parameters():
@@ -85,3 +85,25 @@ def test_spectral_norm_vectors_belong_to_the_initialized_weights() -> None:
         torch.testing.assert_close(sn._v, torch.nn.functional.normalize(matrix.T @ sn._u, dim=0))
         sigma = torch.dot(sn._u, matrix @ sn._v)
         assert sigma == pytest.approx(torch.linalg.matrix_norm(matrix, ord=2).item(), rel=0.05)
+
+
+def test_ema_batchnorm_statistics_belong_to_the_averaged_weights() -> None:
+    """The averaged G normalizes with the statistics of its own first layer over the stats noise,
+    not with G's (which belong to other weights), and recomputes them after each update."""
+    g, _ = build_models(ModelConfig(width=16, height=16, nz=8, ngf=4, ndf=4), seed=0)
+    noise = torch.randn(256, 8, 1, 1, generator=torch.Generator().manual_seed(1))
+    ema = EMA(g, decay=0.5, stats_noise=noise)
+    for shift in (0.3, -0.2):
+        with torch.no_grad():
+            for p in g.parameters():
+                p.add_(shift)
+            g.train()(torch.randn(16, 8, 1, 1))  # moves G's own running statistics
+        ema.update(g)
+        model = ema.averaged
+        assert not model.training
+        first_conv, first_norm = model.main[0], model.main[1]
+        with torch.no_grad():
+            features = first_conv(noise)
+        torch.testing.assert_close(first_norm.running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(first_norm.running_mean, g.main[1].running_mean, atol=1e-3)
+        assert first_norm.momentum == g.main[1].momentum  # restored after the cumulative average
