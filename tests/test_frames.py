@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from shardgan.frames import Frame, FrameSpec, is_blank, load_frames, scan
+from shardgan.synthetic import game_frame
 
-from .conftest import game_frame
 
 
 def _load(path: Path, spec: FrameSpec) -> Frame | str:

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import PYTHON, ROOT, build_dataset, game_frame
+from .conftest import PYTHON, ROOT, build_dataset
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
 from shardgan.manifest import Manifest, ShardInfo, SplitInfo
 from shardgan.shards import encode_image, sample_key
+from shardgan.synthetic import game_frame
 
 SIZES = [7, 13, 5, 20]
 

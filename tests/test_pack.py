@@ -19,8 +19,9 @@ from shardgan.errors import ConfigError, DataError
 from shardgan.manifest import inspect_dataset, load_manifest, verify_dataset
 from shardgan.pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
 from shardgan.shards import read_sample
+from shardgan.synthetic import write_frames
 
-from .conftest import PYTHON, write_frames
+from .conftest import PYTHON
 
 SHARDGAN = str(Path(PYTHON).parent / "shardgan")
 SMALL = PackOptions(40, 30, samples_per_shard=8)

@@ -20,8 +20,9 @@ from shardgan.quality import (
     num_levels,
     to_uint8_rgb,
 )
+from shardgan.synthetic import game_frame
 
-from .conftest import build_dataset, game_frame
+from .conftest import build_dataset
 
 
 def frames(start: int, count: int, width: int = 32, height: int = 24) -> torch.Tensor:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, write_frames
+from shardgan.synthetic import write_frames
+from tests.conftest import PYTHON, ROOT
 
 
 def quick_start_commands() -> list[list[str]]:

@@ -21,8 +21,7 @@ from shardgan.shards import (
     sample_key,
     write_shard,
 )
-
-from .conftest import game_frame
+from shardgan.synthetic import game_frame
 
 
 def _samples(n: int, fmt: str, channels: int = 3) -> list[Sample]:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..conftest import build_dataset, game_frame
+from ..conftest import build_dataset
 from ..test_loader import make_loader
 from ..test_loader_ddp import run_torchrun
 from shardgan.errors import CorruptSampleError, DataError
+from shardgan.synthetic import game_frame
 
 SIZES = [7, 13, 5, 20]
 

@@ -25,8 +25,9 @@ from shardgan.errors import DataError
 from shardgan.frames import Frame, FrameSpec, load_frames
 from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions, pack_dataset, read_chunk_records
+from shardgan.synthetic import game_frame, write_frames
 
-from ..conftest import PYTHON, ROOT, game_frame, write_frames
+from ..conftest import PYTHON, ROOT
 from ..test_frames import png_bomb
 from ..test_pack import _cli_error, pack, tree_bytes
 
