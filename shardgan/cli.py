@@ -93,7 +93,7 @@ def inspect_cmd(
     seed: int = typer.Option(0, "--seed", help="Which random samples go on the contact sheet"),
 ) -> None:
     """Summarise a packed dataset; --verify checks every byte, --grid shows samples."""
-    from .manifest import inspect_dataset
+    from .inspection import inspect_dataset
 
     inspect_dataset(dst, verify=verify, grid=grid, grid_count=grid_count, seed=seed)
 

@@ -1,4 +1,4 @@
-"""`shardgan pack` / `inspect`: what goes in comes out (read with plain webdataset), byte-reproducibly."""
+"""`shardgan pack`: what goes in comes out (read with plain webdataset), byte-reproducibly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 import shardgan.pack
 from shardgan import cli
 from shardgan.errors import ConfigError, DataError
-from shardgan.manifest import inspect_dataset, load_manifest, verify_dataset
+from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
 from shardgan.shards import read_sample
 from shardgan.synthetic import write_frames
@@ -177,25 +177,6 @@ def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([SHARDGAN, "pack", str(tmp_path / "src"), str(tmp_path / "d"), "--size", "abc"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "--size" in result.stderr and not (tmp_path / "d").exists()
-
-
-def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    write_frames(tmp_path / "src", 20)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, samples_per_shard=8, val=4))
-    inspect_dataset(tmp_path / "dst", verify=True, grid=tmp_path / "grid.png", grid_count=9)
-    out = capsys.readouterr().out
-    assert "train: 16 samples in 2 shards" in out and "val: 4 samples" in out and "verified: all 20" in out
-    assert Image.open(tmp_path / "grid.png").size == (3 * 42 + 2, 3 * 32 + 2)
-    manifest = load_manifest(tmp_path / "dst")
-    shard = manifest.split("train").shards[1]
-    path = tmp_path / "dst" / shard.name
-    data = bytearray(path.read_bytes())
-    data[shard.offsets[2] + 1024 + 40] ^= 0xFF  # inside sample 2's image bytes
-    path.write_bytes(bytes(data))
-    problems = verify_dataset(manifest)
-    assert any("sha256" in p for p in problems) and any("sample 2" in p for p in problems), problems
-    with pytest.raises(DataError, match="verify found"):
-        inspect_dataset(tmp_path / "dst", verify=True)
 
 
 def test_videos_are_packed_every_kth_frame_with_frame_keys(tmp_path: Path) -> None:
