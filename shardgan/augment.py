@@ -18,8 +18,12 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 in [-1, 1] (the seed's ToTensor + Normalize(0.5, 0.5))."""
-    return images.float().div_(127.5).sub_(1.0)
+    """Images as the models see them, float32 in [-1, 1] on the same device: uint8 [0, 255]
+    (B, C, H, W) is scaled (the original project's ToTensor + Normalize(0.5, 0.5)), a float
+    batch (already [-1, 1], e.g. G's output) is clamped."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(127.5).sub_(1.0)
+    return images.float().clamp(-1, 1)
 
 
 def augment(images: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -141,9 +142,7 @@ def eval_cmd(
     shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),
 ) -> None:
     """Score a checkpoint's generator against the val split: SWD (and FID/KID with --fid-weights); appends to RUN_DIR/eval.jsonl."""
-    import json
-
-    from .quality import evaluate_run
+    from .evaluate import evaluate_run
 
     overrides = [f"eval.num_images={num_images}"] if num_images is not None else []
     overrides += [f"eval.fid_weights={fid_weights}"] if fid_weights else []

@@ -21,8 +21,8 @@ from . import distributed as dist
 from .atomic import write_bytes_atomic
 from .config import to_toml
 from .errors import ConfigError, NonFiniteLossError, ShardganError
+from .evaluate import Evaluator
 from .loader import ShardLoader
-from .quality import Evaluator
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .stop import StopFlag

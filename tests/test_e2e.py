@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shardgan import checkpoint as ckpt
-from shardgan.quality import evaluate_run
+from shardgan.evaluate import evaluate_run
 from shardgan.rundir import RunDir, read_metrics
 from shardgan.synthetic import write_frames
 

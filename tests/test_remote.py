@@ -15,7 +15,7 @@ from shardgan import sources
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
-from shardgan.quality import load_real_images
+from shardgan.evaluate import load_real_images
 
 from .conftest import PYTHON, build_dataset
 from .http_server import serve
