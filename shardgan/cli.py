@@ -72,11 +72,12 @@ def pack_cmd(
     keep_work: bool = typer.Option(False, "--keep-work", metavar="", help="Keep DST/.work (encoded chunks) after packing"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
+    from .frames import FrameSpec
     from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
 
     width, height = parse_size(size)
     options = PackOptions(
-        width, height, channels, mode, image_format, quality, every, blank_threshold, seed,
+        FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
         parse_val(val), samples_per_shard, parse_bytes(shard_size),
     )  # fmt: skip
     pack_dataset(

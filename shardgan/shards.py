@@ -119,8 +119,7 @@ def write_shard(path: str | Path, samples: Iterable[Sample], image_format: str) 
     end = 0
     with atomic_write(path) as f:
         for sample in samples:
-            meta = json.dumps(sample.meta, sort_keys=True).encode()
-            members = sorted([(META_EXT, meta), (ext, sample.image)])  # TarWriter's order: by extension
+            members = sorted([(META_EXT, _meta_bytes(sample.meta)), (ext, sample.image)])  # TarWriter's order: by extension
             block = b"".join(_member(f"{sample.key}.{name}", data) for name, data in members)
             offsets.append(end)
             end += len(block)
@@ -131,6 +130,16 @@ def write_shard(path: str | Path, samples: Iterable[Sample], image_format: str) 
         digest.update(closing)
         f.write(closing)
     return ShardInfo(path.name, len(offsets), end + len(closing), digest.hexdigest(), offsets + [end])
+
+
+def sample_bytes(meta: dict, image_bytes: int) -> int:
+    """Bytes a sample takes in a shard (its two member headers and padded data), known before
+    writing it: pack cuts shards by size with it."""
+    return 2 * TAR_BLOCK + _padded(len(_meta_bytes(meta))) + _padded(image_bytes)
+
+
+def _meta_bytes(meta: dict) -> bytes:
+    return json.dumps(meta, sort_keys=True).encode()
 
 
 def _header_template() -> bytes:

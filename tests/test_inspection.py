@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from shardgan.errors import DataError
+from shardgan.frames import FrameSpec
 from shardgan.inspection import inspect_dataset, summary_lines, verify_dataset
 from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions
@@ -20,7 +21,7 @@ from .test_pack import pack
 
 def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_frames(tmp_path / "src", 20)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, samples_per_shard=8, val=4))
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(FrameSpec(40, 30), samples_per_shard=8, val=4))
     inspect_dataset(tmp_path / "dst", verify=True, grid=tmp_path / "grid.png", grid_count=9)
     out = capsys.readouterr().out
     assert "train: 16 samples in 2 shards" in out and "val: 4 samples" in out and "verified: all 20" in out

@@ -56,6 +56,7 @@ from shardgan.augment import augment
 from shardgan.config import DataConfig
 from shardgan.loader import ShardLoader
 from shardgan.manifest import Manifest, SplitInfo, load_manifest
+from shardgan.frames import FrameSpec
 from shardgan.pack import PackOptions, pack_dataset
 from shardgan.shards import EXTENSIONS, decode_image
 from shardgan.synthetic import game_frame
@@ -154,7 +155,7 @@ def prepare_data(work: Path, frames_n: int, epoch_samples: int, cores: int) -> d
         if shards[fmt].is_dir():
             continue
         print(f"packing to {WIDTH}x{HEIGHT} {fmt} ...", flush=True)
-        options = PackOptions(WIDTH, HEIGHT, image_format=fmt, samples_per_shard=128, blank_threshold=0)
+        options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=fmt, samples_per_shard=128, blank_threshold=0)
         pack_dataset(work / "frames", work / f"packed_{fmt}", options, log=lambda line: None)
         replicate(work / f"packed_{fmt}", shards[fmt], epoch_samples)
     return shards

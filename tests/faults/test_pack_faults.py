@@ -31,7 +31,7 @@ from ..conftest import PYTHON, ROOT
 from ..test_frames import png_bomb
 from ..test_pack import _cli_error, pack, tree_bytes
 
-KILL_OPTIONS = PackOptions(40, 30, samples_per_shard=6, val=4)
+KILL_OPTIONS = PackOptions(FrameSpec(40, 30), samples_per_shard=6, val=4)
 KILL_ARGS = ["--size", "40x30", "--samples-per-shard", "6", "--val", "4", "--workers", "2"]
 # The real CLI, with each chunk and shard task slowed down so a kill can land in a chosen phase.
 SLOW_PACK = """
@@ -187,7 +187,7 @@ def test_junk_folder_packs_the_good_and_lists_every_bad_input(tmp_path: Path, mo
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     monkeypatch.setattr(shardgan.pack, "scan", scan_then_delete)
     lines: list[str] = []
-    pack_dataset(src, tmp_path / "dst", PackOptions(40, 30), workers=1, log=lines.append)
+    pack_dataset(src, tmp_path / "dst", PackOptions(FrameSpec(40, 30)), workers=1, log=lines.append)
     manifest = load_manifest(tmp_path / "dst")
     skipped = {s["path"]: s["reason"] for s in manifest.skipped}
     assert sorted(skipped) == sorted(expected)
@@ -259,7 +259,7 @@ def test_pack_of_corrupted_files_accounts_for_every_input(tmp_path_factory: pyte
     for i, (kind, data) in enumerate(cases):
         (root / "src" / f"bad{i}.{kind}").write_bytes(data)
         bad.append(f"bad{i}.{kind}")
-    pack(root / "src", root / "dst", PackOptions(32, 24, blank_threshold=0))
+    pack(root / "src", root / "dst", PackOptions(FrameSpec(32, 24), blank_threshold=0))
     manifest = load_manifest(root / "dst")
     packed = {m["src"] for m in _metas(root / "dst")}
     skipped = {s["path"] for s in manifest.skipped}
