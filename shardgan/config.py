@@ -203,7 +203,7 @@ class CheckpointConfig:
     every_minutes: float = 10.0
     """0 disables time-based checkpoints."""
     at_epoch_end: bool = True
-    """Also checkpoint when an epoch ends (the seed saved weights once per epoch)."""
+    """Also checkpoint when an epoch ends (the original project saved weights once per epoch)."""
     keep_last: int = 3
     """Complete checkpoints kept (the newest and the one just written are never deleted)."""
     resume: str = "auto"

@@ -10,7 +10,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import config_from_dict
 from .errors import CheckpointError
-from .models import Generator, plan_layout
+from .models import Generator, choose_layout
 from .rundir import RunDir
 from .viz import save_grid
 
@@ -18,7 +18,7 @@ from .viz import save_grid
 def generator_from_state(state: dict) -> Generator:
     """The EMA generator of a checkpoint (G if the run kept no EMA), in eval mode."""
     cfg = config_from_dict(state[ckpt.CONFIG]).model
-    gen = Generator(cfg, plan_layout(cfg.width, cfg.height))
+    gen = Generator(cfg, choose_layout(cfg.width, cfg.height))
     gen.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])
     return gen.eval()
 

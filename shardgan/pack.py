@@ -8,7 +8,7 @@ Two stages, so that parts, resume and determinism all fall out of one design:
    complete, so a rerun skips it (resume), and `--part i/N` encodes chunks i, i+N, ...
 2. write (cheap, no decoding): drop blanks and exact duplicates (this selection runs in
    the main process as chunks complete in order, overlapping stage 1), shuffle globally
-   with the seed, cut into shards, write them atomically, then the manifest last.
+   with --seed, cut into shards, write them atomically, then the manifest last.
 
 Output bytes depend only on the inputs and the pack options, never on the number
 of workers, parts, or how often the pack was interrupted.

@@ -99,7 +99,7 @@ def test_config_from_checkpoint_dict_round_trip() -> None:
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
-def test_import_seed_ini(tmp_path: Path) -> None:
+def test_import_original_ini(tmp_path: Path) -> None:
     ini = tmp_path / "model_config.ini"
     ini.write_text(
         "[CONFIGS]\ndataroot = /data/sm64\noutput_dir = output\nimage_width = 88\nimage_height = 66\n"
