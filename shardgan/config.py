@@ -86,6 +86,10 @@ class DataConfig:
         return parse_size(self.cache_limit, "data.cache_limit")
 
 
+LOSS_NAMES = ("bce", "hinge")
+"""The losses `model.loss` may name (losses.LOSSES holds one pair of functions per name)."""
+
+
 @dataclass
 class ModelConfig:
     width: int = 64
@@ -108,7 +112,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.width >= 8 and self.height >= 8, "model.width and model.height must be >= 8")
         _check(self.channels in (1, 3), "model.channels must be 1 or 3")
-        _check(self.loss in ("bce", "hinge"), "model.loss must be 'bce' or 'hinge'")
+        _check(self.loss in LOSS_NAMES, f"model.loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         _check(min(self.nz, self.ngf, self.ndf) >= 1, "model.nz, ngf, ndf must be >= 1")
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from shardgan.manifest import Manifest, SplitInfo
 from shardgan.shards import Sample, encode_image, sample_key, write_shard
@@ -14,6 +15,15 @@ from shardgan.synthetic import game_frame, write_frames
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 pytest_plugins = ["tests.trainer_runs"]  # trainer session fixtures, computed once for all test files
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests need CUDA: without it they are skipped (and say so), not failed."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
 
 
 def build_dataset(

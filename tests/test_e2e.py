@@ -16,6 +16,8 @@ from shardgan.synthetic import write_frames
 
 from .conftest import PYTHON, ROOT
 
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TOY = [
     "model.width=32", "model.height=24", "model.nz=16", "model.ngf=8", "model.ndf=8",

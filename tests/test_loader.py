@@ -145,6 +145,7 @@ print(json.dumps([b["key"] for b in loader]))
 """
 
 
+@pytest.mark.multiproc
 def test_restore_in_a_new_process(dataset):
     uninterrupted = take(make_loader(dataset, rank=1, world_size=2), 11)
     before = make_loader(dataset, rank=1, world_size=2)
@@ -254,6 +255,7 @@ print(json.dumps([k for batch in loader for k in batch["key"]]))
 """
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_an_epoch_over_10000_shards_fits_in_256_open_files(tmp_path):
     write_tiny_shards(tmp_path, 10_000)

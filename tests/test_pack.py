@@ -184,6 +184,7 @@ def test_cli_argument_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     assert "no manifest.json" in _cli_error(monkeypatch, capsys, "inspect", str(tmp_path))
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 2)

@@ -63,6 +63,7 @@ def test_laplacian_pyramid_sums_back_to_the_image() -> None:
     torch.testing.assert_close(rebuilt, images)
 
 
+@pytest.mark.slow
 def test_paper_swd_normalizes_each_set_by_its_own_statistics() -> None:
     """A global colour cast is normalized away by the paper's SWD, and counts with real_stats."""
     real, other = frames(0, 48), frames(1000, 48)

@@ -14,6 +14,8 @@ import pytest
 from shardgan.synthetic import write_frames
 from tests.conftest import PYTHON, ROOT
 
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
+
 
 def quick_start_commands() -> list[list[str]]:
     readme = (ROOT / "README.md").read_text()

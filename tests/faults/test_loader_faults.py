@@ -131,6 +131,7 @@ def test_missing_shard_directory_is_an_error_at_start_up(tmp_path):
         make_loader(tmp_path / "nope")
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_torchrun_ranks_stay_in_step_over_a_corrupt_shard(tmp_path):
     build_dataset(tmp_path / "shards", [11, 4, 17, 9])
@@ -161,6 +162,7 @@ print("done", type(kept[0]).__name__, flush=True)
 """
 
 
+@pytest.mark.multiproc
 def test_a_process_whose_epoch_ended_early_still_exits(tmp_path):
     """DataLoader workers ignore SIGTERM (preemption is the trainer's), so multiprocessing's exit-time
     terminate() cannot stop them: the loader must stop its workers itself, or the process hangs."""

@@ -83,6 +83,7 @@ def _assert_nothing_partial(dst: Path, reference: dict[str, bytes]) -> None:
         assert (dst / "manifest.json").read_bytes() == reference["manifest.json"]
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_kill_9_at_several_points_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 48)
@@ -97,6 +98,7 @@ def test_kill_9_at_several_points_then_rerun_is_byte_identical(tmp_path: Path) -
     assert tree_bytes(dst) == reference
 
 
+@pytest.mark.multiproc
 @pytest.mark.soak
 @pytest.mark.parametrize("attempt", range(20))
 def test_kill_9_at_random_moments_soak(tmp_path: Path, attempt: int) -> None:
@@ -324,6 +326,7 @@ def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, mo
     assert not (tmp_path / "dst" / ".work").exists()  # nothing was encoded
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_ctrl_c_during_pack_is_one_line_exit_130_and_the_rerun_goes_on(tmp_path: Path) -> None:
     """Ctrl-C reaches the whole process group (pack and its pool workers), as in a terminal."""
