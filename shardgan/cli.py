@@ -1,4 +1,8 @@
-"""`shardgan` command line: parse, call one library function, turn ShardganError into one line."""
+"""`shardgan` command line: parse, call one library function, turn ShardganError into one line.
+
+Each command imports its library module when it runs, not at the top: `shardgan --help`, a
+usage error or `import-ini` then answer without importing torch (seconds on a cold start).
+"""
 
 from __future__ import annotations
 
@@ -38,14 +42,13 @@ def import_ini_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the TOML here (default: stdout)"),
 ) -> None:
     """Convert the original project's INI config ([CONFIGS] section) into a shardgan TOML config."""
+    from .atomic import write_bytes_atomic
     from .config import import_ini, to_toml
 
     text = to_toml(import_ini(ini))
     if out is None:
         typer.echo(text)
     else:
-        from .atomic import write_bytes_atomic
-
         write_bytes_atomic(out, text.encode())
         typer.echo(f"wrote {out}")
 
