@@ -161,10 +161,11 @@ def _member(name: str, data: bytes) -> bytes:
     header[124:136] = b"%011o\0" % len(data)
     header[148:156] = b" " * 8
     header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header) + data + bytes(-len(data) % TAR_BLOCK)
+    return bytes(header) + data + bytes(_padded(len(data)) - len(data))
 
 
 def _padded(size: int) -> int:
+    """`size` rounded up to whole tar blocks: what a member's data takes in the archive."""
     return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
