@@ -17,7 +17,7 @@ VAL ?= 256
 DEMO_FRAMES := data/demo_frames
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: venv test train bench soak clean
+.PHONY: venv test test-fast train bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Everything a CPU can run (GPU tests skip themselves without CUDA); soak runs are `make soak`.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The edit loop: no slow or multi-process tests, well under 2 minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not multiproc and not soak"
 
 # Demo frames (only when DATA is the default), pack, train; each step is cached, so running it
 # again resumes the same run (RUN) from its newest checkpoint.

@@ -1,6 +1,6 @@
 """Batched, on-device augmentation: uint8 frames in, floats in [-1, 1] out.
 
-The seed ran Resize(+2) + RandomCrop + ColorJitter + Normalize per sample in PIL on
+The original project ran Resize(+2) + RandomCrop + ColorJitter + Normalize per sample in PIL on
 the CPU; here the same ops run on whole batches on the training device, and every
 random draw comes from an explicit generator so a resumed run draws the same numbers.
 """
@@ -18,8 +18,12 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 in [-1, 1] (the seed's ToTensor + Normalize(0.5, 0.5))."""
-    return images.float().div_(127.5).sub_(1.0)
+    """Images as the models see them, float32 in [-1, 1] on the same device: uint8 [0, 255]
+    (B, C, H, W) is scaled (the original project's ToTensor + Normalize(0.5, 0.5)), a float
+    batch (already [-1, 1], e.g. G's output) is clamped."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(127.5).sub_(1.0)
+    return images.float().clamp(-1, 1)
 
 
 def augment(images: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
@@ -50,7 +54,7 @@ def _randint(generator: torch.Generator, n: int, low: int, high: int, device: to
 def translate(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
     """Shift each image by up to max_px in x and y; pixels shifted in repeat the edge.
 
-    Equivalent to the seed's Resize(+2) + RandomCrop for max_px=1, without resampling.
+    Equivalent to the original project's Resize(+2) + RandomCrop for max_px=1, without resampling.
     """
     b, c, h, w = x.shape
     dy = _randint(generator, b, -max_px, max_px, x.device)

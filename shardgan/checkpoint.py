@@ -134,6 +134,8 @@ def load_file(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{path}: missing keys {missing}")
+    if (meta.get("format"), meta.get("version"), meta.get("step")) != (FORMAT, VERSION, state[STEP]):
+        raise CheckpointError(f"{path}: {meta_path.name} describes another checkpoint (step {meta.get('step')}, this one holds step {state[STEP]})")
     return state
 
 

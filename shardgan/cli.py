@@ -1,7 +1,12 @@
-"""`shardgan` command line: parse, call one library function, turn ShardganError into one line."""
+"""`shardgan` command line: parse, call one library function, turn ShardganError into one line.
+
+Each command imports its library module when it runs, not at the top: `shardgan --help`, a
+usage error or `import-ini` then answer without importing torch (seconds on a cold start).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -37,14 +42,13 @@ def import_ini_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the TOML here (default: stdout)"),
 ) -> None:
     """Convert the original project's INI config ([CONFIGS] section) into a shardgan TOML config."""
+    from .atomic import write_bytes_atomic
     from .config import import_ini, to_toml
 
     text = to_toml(import_ini(ini))
     if out is None:
         typer.echo(text)
     else:
-        from .atomic import write_bytes_atomic
-
         write_bytes_atomic(out, text.encode())
         typer.echo(f"wrote {out}")
 
@@ -71,11 +75,12 @@ def pack_cmd(
     keep_work: bool = typer.Option(False, "--keep-work", metavar="", help="Keep DST/.work (encoded chunks) after packing"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
+    from .frames import FrameSpec
     from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
 
     width, height = parse_size(size)
     options = PackOptions(
-        width, height, channels, mode, image_format, quality, every, blank_threshold, seed,
+        FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
         parse_val(val), samples_per_shard, parse_bytes(shard_size),
     )  # fmt: skip
     pack_dataset(
@@ -93,7 +98,7 @@ def inspect_cmd(
     seed: int = typer.Option(0, "--seed", help="Which random samples go on the contact sheet"),
 ) -> None:
     """Summarise a packed dataset; --verify checks every byte, --grid shows samples."""
-    from .manifest import inspect_dataset
+    from .inspection import inspect_dataset
 
     inspect_dataset(dst, verify=verify, grid=grid, grid_count=grid_count, seed=seed)
 
@@ -141,9 +146,7 @@ def eval_cmd(
     shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),
 ) -> None:
     """Score a checkpoint's generator against the val split: SWD (and FID/KID with --fid-weights); appends to RUN_DIR/eval.jsonl."""
-    import json
-
-    from .quality import evaluate_run
+    from .evaluate import evaluate_run
 
     overrides = [f"eval.num_images={num_images}"] if num_images is not None else []
     overrides += [f"eval.fid_weights={fid_weights}"] if fid_weights else []

@@ -10,6 +10,7 @@ import configparser
 import dataclasses
 import difflib
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+MAX_SEED = 2**63 - 1
+"""Seeds go to numpy's SeedSequence (non-negative) and torch.Generator.manual_seed (64 bits)."""
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -64,6 +69,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
+        _check(0 <= self.seed <= MAX_SEED, "data.seed must be in [0, 2**63)")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
         _check(self.on_corrupt in ("skip", "fail"), "data.on_corrupt must be 'skip' or 'fail'")
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
@@ -78,6 +84,10 @@ class DataConfig:
     def cache_limit_bytes(self) -> int:
         """data.cache_limit in bytes (0: no limit)."""
         return parse_size(self.cache_limit, "data.cache_limit")
+
+
+LOSS_NAMES = ("bce", "hinge")
+"""The losses `model.loss` may name (losses.LOSSES holds one pair of functions per name)."""
 
 
 @dataclass
@@ -102,7 +112,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(self.width >= 8 and self.height >= 8, "model.width and model.height must be >= 8")
         _check(self.channels in (1, 3), "model.channels must be 1 or 3")
-        _check(self.loss in ("bce", "hinge"), "model.loss must be 'bce' or 'hinge'")
+        _check(self.loss in LOSS_NAMES, f"model.loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         _check(min(self.nz, self.ngf, self.ndf) >= 1, "model.nz, ngf, ndf must be >= 1")
 
 
@@ -151,6 +161,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
         _check(self.max_steps >= 0, "train.max_steps must be >= 0")
+        _check(0 <= self.seed <= MAX_SEED, "train.seed must be in [0, 2**63)")
+        _check(DEVICES.fullmatch(self.device) is not None, f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision must be auto, fp32 or bf16")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
         _check(self.log_every_steps >= 1, "train.log_every_steps must be >= 1")
@@ -203,7 +215,7 @@ class CheckpointConfig:
     every_minutes: float = 10.0
     """0 disables time-based checkpoints."""
     at_epoch_end: bool = True
-    """Also checkpoint when an epoch ends (the seed saved weights once per epoch)."""
+    """Also checkpoint when an epoch ends (the original project saved weights once per epoch)."""
     keep_last: int = 3
     """Complete checkpoints kept (the newest and the one just written are never deleted)."""
     resume: str = "auto"
@@ -213,6 +225,7 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")
+        _check(self.resume != "", "checkpoint.resume must be auto, never or a checkpoint path")
         _check(self.every_steps >= 0 and self.every_minutes >= 0, "checkpoint.every_steps and every_minutes must be >= 0")
 
 

@@ -30,7 +30,7 @@ PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF")
 RESIZE_MODES = ("stretch", "crop", "pad")
 MAX_UPSCALE = 2
 """Inputs that would need more than this much enlargement to reach W x H are skipped as tiny."""
-DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS = 89_478_485
 """Pillow's own decompression-bomb limit; images claiming more pixels are never decoded."""
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 3.0
@@ -56,7 +56,6 @@ class FrameSpec:
     mode: str = "stretch"
     every: int = 1
     """Video only: keep frames 0, k, 2k, ..."""
-    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -178,8 +177,8 @@ def _image_pixels(data: bytes, spec: FrameSpec, clock: Stopwatch) -> np.ndarray:
             raise _Unusable(f"decompression bomb: {e}") from None
     with image:
         width, height = image.size
-        if width * height > spec.max_pixels:
-            raise _Unusable(f"decompression bomb: {width}x{height} pixels > limit {spec.max_pixels}")
+        if width * height > MAX_PIXELS:
+            raise _Unusable(f"decompression bomb: {width}x{height} pixels > limit {MAX_PIXELS}")
         # JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the target (no-op for others).
         image.draft("L" if spec.channels == 1 else None, _needed_size(width, height, spec))
         image.load()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import checkpoint as ckpt
 from .config import config_from_dict
 from .errors import CheckpointError
-from .models import Generator, plan_layout
+from .models import Generator, choose_layout
 from .rundir import RunDir
 from .viz import save_grid
 
@@ -17,9 +18,26 @@ from .viz import save_grid
 def generator_from_state(state: dict) -> Generator:
     """The EMA generator of a checkpoint (G if the run kept no EMA), in eval mode."""
     cfg = config_from_dict(state[ckpt.CONFIG]).model
-    gen = Generator(cfg, plan_layout(cfg.width, cfg.height))
+    gen = Generator(cfg, choose_layout(cfg.width, cfg.height))
     gen.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])
     return gen.eval()
+
+
+GEN_BATCH = 128
+"""Latents per forward pass when generating many images."""
+
+
+@torch.no_grad()
+def generate_images(generator: nn.Module, num_images: int, nz: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """`num_images` samples from fixed noise (same seed, same latents), in eval mode: (N, C, H, W) in [-1, 1]."""
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_images, nz, 1, 1, generator=rng)
+    was_training = generator.training
+    generator.eval()
+    try:
+        return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(GEN_BATCH)])
+    finally:
+        generator.train(was_training)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ from . import distributed as dist
 from .atomic import write_bytes_atomic
 from .config import to_toml
 from .errors import ConfigError, NonFiniteLossError, ShardganError
+from .evaluate import Evaluator
 from .loader import ShardLoader
-from .quality import Evaluator
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .stop import StopFlag
@@ -144,11 +144,11 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
     to build it (e.g. a missing eval.fid_weights file) stops every rank."""
     val = loader.manifest.splits.get("val")
     if not val or not val.shards:
-        if t.dist.is_main:
+        if t.world.is_main:
             log.warning("no val split in %s: SWD evaluation is skipped (pack with --val to get one)", t.cfg.data.shards)
         return None
     evaluator, error = None, ""
-    if t.dist.is_main:
+    if t.world.is_main:
         try:
             evaluator = Evaluator.build(t.cfg, t.device)
         except ShardganError as e:
@@ -169,9 +169,9 @@ class Hooks:
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
         self.evaluator = build_evaluator(t, loader)
-        self.tensorboard = TensorBoard(rd, t.step) if t.dist.is_main else None
+        self.tensorboard = TensorBoard(rd, t.step) if t.world.is_main else None
         self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs)
-        if t.dist.is_main:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
+        if t.world.is_main:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
             for record in read_metrics(rd.metrics):
                 if "d_real" in record:
                     self.watchdog.check(record)
@@ -185,9 +185,9 @@ class Hooks:
         stopped, not_finite, time_due = dist.agree_any(flags, t.device)
         if not_finite:
             self.raise_non_finite(bad_step)
-        if t.dist.is_main and t.step % cfg.train.log_every_steps == 0:
+        if t.world.is_main and t.step % cfg.train.log_every_steps == 0:
             self.log_metrics(stats, epoch)
-        if t.dist.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
+        if t.world.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
             self.tensorboard.images(t.step, save_samples(t, self.rd.sample(t.step)))
         if t.step == self.total or (cfg.eval.every_steps and t.step % cfg.eval.every_steps == 0):
             self.evaluate()
@@ -198,7 +198,7 @@ class Hooks:
     def end_of_epoch(self, epoch: int) -> None:
         """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
         log.info("epoch %d done at step %d", epoch, self.t.step)
-        if self.t.dist.is_main:
+        if self.t.world.is_main:
             self.tensorboard.images(self.t.step, save_samples(self.t, self.rd.sample(self.t.step)))
             save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
         self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)

@@ -32,18 +32,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from .cache import Prefetcher, ShardCache, default_cache_dir
 from .config import DataConfig
 from .errors import CorruptSampleError, DataError
-from .manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ShardInfo,
-    SplitInfo,
-    check_shards_present,
-    load_manifest,
-    load_samples,
-    parse_manifest,
-)
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, parse_manifest
 from .plan import RankPlan, epoch_order
-from .shards import EXTENSIONS, TAR_BLOCK, decode_image, parse_header, read_sample
+from .shards import TAR_BLOCK, decode_sample, parse_header, read_sample
 from .sources import FetchPolicy, fetch_bytes, sibling, url_name
 from .stop import blocked, ignore_in_worker
 
@@ -202,6 +193,15 @@ class ShardReader:
         except ValueError as e:
             raise CorruptSampleError(info.name, _key_at(f, start, index), str(e)) from None
 
+    def image(self, shard: int, index: int) -> tuple[str, np.ndarray]:
+        """The sample's key and its decoded image, (H, W, C) uint8; CorruptSampleError says why not."""
+        sample = self.read(shard, index)
+        m = self.source.manifest
+        try:
+            return sample["__key__"], decode_sample(sample, m.image_format, m.height, m.width, m.channels)
+        except ValueError as e:
+            raise CorruptSampleError(self.source.shards[shard].name, sample["__key__"], str(e)) from None
+
     def close(self) -> None:
         for f in self._files.values():
             f.close()
@@ -217,28 +217,30 @@ def _key_at(f: BinaryIO, start: int, index: int) -> str:
         return f"#{index}"
 
 
+def load_samples(reader: ShardReader, count: int, seed: int) -> torch.Tensor:
+    """`count` random samples (all, if the split holds fewer) of the reader's split as uint8
+    (N, C, H, W), in split order; the same seed picks the same samples."""
+    sizes = np.array([s.num_samples for s in reader.source.shards])
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(sizes.sum(), size=min(count, int(sizes.sum())), replace=False))
+    starts = np.cumsum(sizes) - sizes
+    images = []
+    for pick in picks:
+        shard = int(np.searchsorted(starts, pick, side="right") - 1)
+        _, pixels = reader.image(shard, int(pick - starts[shard]))
+        images.append(torch.from_numpy(pixels.copy()).permute(2, 0, 1))  # (C, H, W)
+    return torch.stack(images)
+
+
 def sample_images(cfg: DataConfig, split: str, count: int, seed: int) -> torch.Tensor:
     """`count` random samples of `split` as uint8 (N, C, H, W), wherever data.shards points
     (remote shards through the cache): e.g. the real images SWD compares against."""
     source = resolve_source(cfg, split)
     reader = ShardReader(source, build_cache(cfg) if source.urls is not None else None)
     try:
-        return load_samples(source.manifest, count, seed, split, read=reader.read)
+        return load_samples(reader, count, seed)
     finally:
         reader.close()
-
-
-# -- decoding ------------------------------------------------------------------------------
-
-
-def decode_into(out: np.ndarray, data: bytes, manifest: Manifest) -> None:
-    """Decode one stored image into `out` (H, W, C) uint8; ValueError if it is not that image.
-
-    raw is a view of the .npy payload (no decode); PNG/JPEG/WebP go through Pillow.
-    torchvision.io.decode_png is ~25% faster at 88x66 but deprecated in 0.29 and it
-    segfaults on corrupt PNG data ("bad adaptive filter value"), which must be skippable.
-    """
-    np.copyto(out, decode_image(data, manifest.image_format, *out.shape))
 
 
 # -- the per-worker iterable --------------------------------------------------------------
@@ -264,8 +266,9 @@ class PlanDataset(IterableDataset):
         self.samples_seen = 0
         self._order: tuple[int, np.ndarray] | None = None
 
-    def plan(self) -> RankPlan:
-        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.batch_size)
+    def plan(self, epoch: int, samples_seen: int) -> RankPlan:
+        """This rank's plan of `epoch` from `samples_seen` on (the loader's counters, or the ones set for an iterator)."""
+        return RankPlan(epoch, samples_seen, self.source.num_samples, self.world_size, self.rank, self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's global order, cached (every batch of a worker indexes into it)."""
@@ -277,7 +280,7 @@ class PlanDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        plan = self.plan()
+        plan = self.plan(self.epoch, self.samples_seen)
         order = self.order(plan.epoch)
         batches = [order[plan.batch_slice(b)] for b in plan.worker_batches(worker, num_workers)]
         reader, prefetcher = self.open_reader(batches)
@@ -321,7 +324,8 @@ class PlanDataset(IterableDataset):
         bad: list[int] = []
         for j, (shard, index) in enumerate(positions.tolist()):
             try:
-                keys[j] = self._read_one(reader, pixels[j], shard, index)
+                keys[j], image = reader.image(shard, index)
+                np.copyto(pixels[j], image)
             except CorruptSampleError as e:
                 if self.on_corrupt == "fail":
                     raise
@@ -330,18 +334,6 @@ class PlanDataset(IterableDataset):
         _fill_from_good(pixels, keys, bad, corrupt)
         # (B, C, H, W) view in channels_last memory format, what the trainer converts to anyway.
         return {"image": images.permute(0, 3, 1, 2), "key": keys, "corrupt": corrupt}
-
-    def _read_one(self, reader: ShardReader, out: np.ndarray, shard: int, index: int) -> str:
-        sample = reader.read(shard, index)
-        key = sample["__key__"]
-        ext = EXTENSIONS[self.source.manifest.image_format]
-        try:
-            if ext not in sample:
-                raise ValueError(f"no .{ext} member")
-            decode_into(out, sample[ext], self.source.manifest)
-        except ValueError as e:
-            raise CorruptSampleError(self.source.shards[shard].name, key, str(e)) from None
-        return key
 
 
 def _fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt: list[CorruptReport]) -> None:
@@ -413,7 +405,7 @@ class ShardLoader:
         )
 
     def _plan(self) -> RankPlan:
-        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.cfg.batch_size)
+        return self._dataset.plan(self.epoch, self.samples_seen)
 
     @property
     def global_batch(self) -> int:

@@ -1,12 +1,12 @@
 """DCGAN generator and discriminator for any W x H and channel count, plus an EMA helper.
 
-Layer plan per spatial dimension, from the image size S back to a small start size:
+Layers per spatial dimension, from the image size S back to a small start size:
 S even -> S/2 with kernel 4 (2x up/down), S odd -> (S-1)/2 with kernel 5 (2x+1), until the
 smaller dimension would drop below 3. G starts with a ConvT of kernel (h0, w0) from 1x1 and
 goes up with stride 2, padding 1; D mirrors G with stride-2 convs and ends with a conv of
 kernel (h0, w0) to one logit. 64x64 gives the classic DCGAN (start 4x4, all kernels 4).
-The seed's 88x66 layout used other D kernels; `SEED_LAYOUTS` keeps it so its parameter
-counts (GC7M: G 4,338,560, D 3,783,424) are reproduced exactly.
+The original project's 88x66 layout used other D kernels; `ORIGINAL_LAYOUTS` keeps it so its
+parameter counts (GC7M: G 4,338,560, D 3,783,424) are reproduced exactly.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class Layout:
     d_kernels: tuple[Kernel, ...]
 
 
-SEED_LAYOUTS: dict[tuple[int, int], Layout] = {
-    # (width, height): the seed's 88x66 models, kernels as (kH, kW).
+ORIGINAL_LAYOUTS: dict[tuple[int, int], Layout] = {
+    # (width, height): the original project's 88x66 models, kernels as (kH, kW).
     (88, 66): Layout(
         g_kernels=((4, 5), (4, 5), (4, 4), (5, 4), (4, 4)),
         d_kernels=((4, 4), (3, 4), (3, 4), (5, 5), (4, 5)),
@@ -56,10 +56,10 @@ def _halvings(size: int, count: int) -> tuple[int, list[int]]:
     return size, kernels[::-1]
 
 
-def plan_layout(width: int, height: int) -> Layout:
-    """The seed's layout where it has one, else the mirrored halving plan described above."""
-    if (width, height) in SEED_LAYOUTS:
-        return SEED_LAYOUTS[(width, height)]
+def choose_layout(width: int, height: int) -> Layout:
+    """The original project's layout where it has one, else the mirrored halvings described above."""
+    if (width, height) in ORIGINAL_LAYOUTS:
+        return ORIGINAL_LAYOUTS[(width, height)]
     count = 0
     while min(width, height) >> (count + 1) >= MIN_START:
         count += 1
@@ -101,7 +101,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image (B, C, H, W) -> one logit per image (B,); the seed's Sigmoid lives in the BCE loss."""
+    """image (B, C, H, W) -> one logit per image (B,); the original project's Sigmoid lives in the BCE loss."""
 
     def __init__(self, cfg: ModelConfig, layout: Layout):
         super().__init__()
@@ -164,7 +164,7 @@ def init_spectral_norm(module: nn.Module, generator: torch.Generator) -> None:
 def build_models(cfg: ModelConfig, seed: int) -> tuple[Generator, Discriminator]:
     """Build G and D with weights drawn from `seed` (spectral norm's u/v from the final weights);
     check G(z) is (C, H, W) and D(x) one logit."""
-    layout = plan_layout(cfg.width, cfg.height)
+    layout = choose_layout(cfg.width, cfg.height)
     with torch.random.fork_rng(devices=[]):  # PyTorch's default inits draw from the global RNG; all replaced below
         gen, disc = Generator(cfg, layout), Discriminator(cfg, layout)
     rng = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ Two stages, so that parts, resume and determinism all fall out of one design:
    complete, so a rerun skips it (resume), and `--part i/N` encodes chunks i, i+N, ...
 2. write (cheap, no decoding): drop blanks and exact duplicates (this selection runs in
    the main process as chunks complete in order, overlapping stage 1), shuffle globally
-   with the seed, cut into shards, write them atomically, then the manifest last.
+   with --seed, cut into shards, write them atomically, then the manifest last.
 
 Output bytes depend only on the inputs and the pack options, never on the number
 of workers, parts, or how often the pack was interrupted.
@@ -32,7 +32,8 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, astuple, dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,14 @@ from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublish
 from .errors import ConfigError, DataError, Interrupted
 from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
-from .shards import IMAGE_FORMATS, TAR_BLOCK, Sample, encode_image, sample_key, write_shard
+from .shards import IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
 from .stopwatch import Stopwatch
 
 WORK_DIR = ".work"
-PLAN_NAME = "plan.json"
-PLAN_VERSION = 2
+WORKLIST_NAME = "plan.json"
+"""The work list's file in DST/.work; named before the work list was, and kept so that an
+unfinished pack of an earlier shardgan still resumes."""
+WORKLIST_VERSION = 2
 """2: sha256 duplicate keys (1: blake2b); chunks of another version are never mixed in."""
 MAX_CHUNK_INPUTS = 256
 MIN_CHUNK_INPUTS = 8
@@ -64,13 +67,10 @@ _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**1
 class PackOptions:
     """Everything that decides the packed bytes (and nothing that doesn't, like --workers)."""
 
-    width: int
-    height: int
-    channels: int = 3
-    mode: str = "stretch"
+    frame: FrameSpec
+    """Size, channels, resize mode and video frame step of every stored frame."""
     image_format: str = "png"
     quality: int = 95
-    every: int = 1
     blank_threshold: float = 2.0
     """Frames whose pixel std (0-255 scale) is below this are blank; 0 keeps them."""
     seed: int = 0
@@ -80,13 +80,14 @@ class PackOptions:
     shard_size_bytes: int = 256 * 10**6
 
     def __post_init__(self) -> None:
+        frame = self.frame
         checks = [
-            (self.width >= 1 and self.height >= 1, f"--size must be positive, got {self.width}x{self.height}"),
-            (self.channels in (1, 3), f"--channels must be 1 or 3, got {self.channels}"),
-            (self.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {self.mode!r}"),
+            (frame.width >= 1 and frame.height >= 1, f"--size must be positive, got {frame.width}x{frame.height}"),
+            (frame.channels in (1, 3), f"--channels must be 1 or 3, got {frame.channels}"),
+            (frame.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {frame.mode!r}"),
             (self.image_format in IMAGE_FORMATS, f"--format must be one of {'|'.join(IMAGE_FORMATS)}, got {self.image_format!r}"),
             (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
-            (self.every >= 1, f"--every must be >= 1, got {self.every}"),
+            (frame.every >= 1, f"--every must be >= 1, got {frame.every}"),
             (self.blank_threshold >= 0, f"--blank-threshold must be >= 0, got {self.blank_threshold}"),
             (self.val >= 0 and (self.val < 1 or float(self.val).is_integer()), f"--val must be a count or a fraction in (0, 1), got {self.val}"),
             (self.samples_per_shard is None or self.samples_per_shard >= 1, f"--samples-per-shard must be >= 1, got {self.samples_per_shard}"),
@@ -96,13 +97,16 @@ class PackOptions:
             if not ok:
                 raise ConfigError(message)
 
-    @property
-    def spec(self) -> FrameSpec:
-        return FrameSpec(self.width, self.height, self.channels, self.mode, self.every)
+    def args(self) -> dict[str, Any]:
+        """All options as one flat dict: the manifest's `pack_args` (plus inputs_sha256). Flat, the
+        frame's fields beside the others, as every manifest so far has them, so a rerun still
+        finds an earlier pack of the same options complete."""
+        args = asdict(self)
+        return {**args.pop("frame"), **args}
 
     def encode_args(self) -> dict[str, Any]:
         """The options a chunk's contents depend on (a new seed or shard size reuses the chunks)."""
-        args = asdict(self)
+        args = self.args()
         for name in ("seed", "val", "samples_per_shard", "shard_size_bytes"):
             del args[name]
         return args
@@ -147,11 +151,11 @@ def parse_part(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-# -- plan: the sorted inputs and how they are chunked, shared by all parts -----------------------
+# -- the work list: the sorted inputs and how they are chunked, shared by all parts ----------------
 
 
 @dataclass(frozen=True)
-class Plan:
+class WorkList:
     """The inputs (sorted, relative to SRC) and the encode options; identical for every part."""
 
     inputs: list[tuple[str, int]]
@@ -179,20 +183,20 @@ class Plan:
         return chunks
 
     def to_bytes(self) -> bytes:
-        doc = {"version": PLAN_VERSION, "encode": self.encode_args, "inputs": self.inputs, "scan_skipped": self.scan_skipped}
+        doc = {"version": WORKLIST_VERSION, "encode": self.encode_args, "inputs": self.inputs, "scan_skipped": self.scan_skipped}
         return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
 
-def build_plan(src: Path, options: PackOptions) -> Plan:
+def list_work(src: Path, options: PackOptions) -> WorkList:
     inputs, skipped = scan(src)
     if not inputs:
         raise DataError(f"no image or video files under {src} (looked for .png .jpg .jpeg .bmp .webp .mp4 .mkv .avi .webm)")
     if options.val >= len(inputs) and not any(is_video(path) for path, _ in inputs):  # known before encoding anything
         raise DataError(f"--val {options.val:g} asks for {options.num_val(len(inputs))} validation samples but {src} holds only {len(inputs)} frames")
-    return Plan(inputs, [(s.path, s.reason) for s in skipped], options.encode_args())
+    return WorkList(inputs, [(s.path, s.reason) for s in skipped], options.encode_args())
 
 
 # -- stage 1: encode chunks ----------------------------------------------------------------------
@@ -208,17 +212,56 @@ class ChunkTask:
 
 
 @dataclass(frozen=True)
-class Record:
-    """One result of stage 1: a stored frame, a blank frame, or a skipped input."""
+class Kept:
+    """A frame for the shards (unless an earlier one has its duplicate key): where its encoded
+    bytes are in the chunk file."""
 
     input_index: int
     frame: int | None
-    status: str
-    """ok | blank | skip"""
-    detail: str
-    """ok: the duplicate key of the resized pixels; blank: empty; skip: the reason."""
-    offset: int = 0
-    length: int = 0
+    """The video frame number; None for a still image."""
+    duplicate_key: str
+    """Exact-duplicate key of the resized pixels."""
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Blank:
+    """A frame the blank filter dropped."""
+
+    input_index: int
+    frame: int | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input, or the rest of a damaged video, that gave no frame."""
+
+    input_index: int
+    reason: str
+
+
+Record = Kept | Blank | Skipped
+"""One result of stage 1."""
+
+
+def record_row(record: Record) -> list[Any]:
+    """A record as its chunk file's footer stores it: [input_index, frame, status, detail, offset,
+    length], the row chunk files have always held (so unfinished packs of earlier versions resume)."""
+    match record:
+        case Kept(index, frame, key, offset, length):
+            return [index, frame, "ok", key, offset, length]
+        case Blank(index, frame):
+            return [index, frame, "blank", "", 0, 0]
+        case Skipped(index, reason):
+            return [index, None, "skip", reason, 0, 0]
+
+
+def record_from_row(row: list[Any]) -> Record:
+    index, frame, status, detail, offset, length = row
+    if status == "ok":
+        return Kept(index, frame, detail, offset, length)
+    return Blank(index, frame) if status == "blank" else Skipped(index, detail)
 
 
 def chunk_path(work: Path, index: int) -> Path:
@@ -236,7 +279,7 @@ class ChunkResult:
 
     @property
     def frames(self) -> int:
-        return sum(r.status != "skip" for r in self.records)
+        return sum(not isinstance(r, Skipped) for r in self.records)
 
 
 def duplicate_key(pixels: np.ndarray) -> str:
@@ -254,22 +297,22 @@ def encode_chunk(task: ChunkTask) -> ChunkResult:
     records: list[Record] = []
     with unpublished_write(task.path) as f:
         for input_index, rel in task.inputs:
-            for item in load_frames(Path(task.src) / rel, task.options.spec, clock):
+            for item in load_frames(Path(task.src) / rel, task.options.frame, clock):
                 if isinstance(item, str):
-                    records.append(Record(input_index, None, "skip", item))
+                    records.append(Skipped(input_index, item))
                     continue
                 if is_blank(item.pixels, task.options.blank_threshold):
-                    records.append(Record(input_index, item.index, "blank", ""))
+                    records.append(Blank(input_index, item.index))
                     clock.lap("filter")
                     continue
                 key = duplicate_key(item.pixels)
                 clock.lap("filter")
                 data = encode_image(item.pixels, task.options.image_format, task.options.quality)
                 clock.lap("encode")
-                records.append(Record(input_index, item.index, "ok", key, f.tell(), len(data)))
+                records.append(Kept(input_index, item.index, key, f.tell(), len(data)))
                 f.write(data)
                 clock.lap("chunk write")
-        footer = json.dumps([astuple(r) for r in records], separators=(",", ":")).encode()
+        footer = json.dumps([record_row(r) for r in records], separators=(",", ":")).encode()
         f.write(footer + struct.pack("<Q", len(footer)))
     clock.lap("chunk write")
     return ChunkResult(records, dict(clock.seconds), str(temp_path(task.path)))
@@ -280,7 +323,7 @@ def read_chunk_records(path: Path) -> list[Record]:
         f.seek(-8, os.SEEK_END)
         (length,) = struct.unpack("<Q", f.read(8))
         f.seek(-8 - length, os.SEEK_END)
-        return [Record(*row) for row in json.loads(f.read(length))]
+        return [record_from_row(row) for row in json.loads(f.read(length))]
 
 
 # -- stage 2: filter, shuffle, cut, write --------------------------------------------------------
@@ -298,8 +341,7 @@ class SampleRef:
 
     @property
     def tar_bytes(self) -> int:
-        meta = len(json.dumps(self.meta, sort_keys=True).encode())
-        return 2 * TAR_BLOCK + _padded(meta) + _padded(self.length)
+        return sample_bytes(self.meta, self.length)
 
 
 @dataclass(frozen=True)
@@ -308,16 +350,12 @@ class ShardTask:
     samples: list[SampleRef]
     dst: str
     image_format: str
-    plan_fingerprint: str
+    worklist_fingerprint: str
 
     def identity(self) -> str:
-        """Content identity: same plan + same sample list => same bytes, so a shard can be reused."""
-        doc = [self.plan_fingerprint, self.image_format, [(s.key, s.chunk, s.offset) for s in self.samples]]
+        """Content identity: same work list + same sample list => same bytes, so a shard can be reused."""
+        doc = [self.worklist_fingerprint, self.image_format, [(s.key, s.chunk, s.offset) for s in self.samples]]
         return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
-
-
-def _padded(size: int) -> int:
-    return (size + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
 
 
 @dataclass
@@ -329,27 +367,28 @@ class Selection:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def select_samples(plan: Plan, records: Iterable[tuple[int, list[Record]]]) -> Selection:
+def select_samples(work_list: WorkList, records: Iterable[tuple[int, list[Record]]]) -> Selection:
     """Blank frames and exact duplicates (after resizing) are dropped; the first in input order wins.
 
     `records` are (chunk index, its records) in chunk order.
     """
-    selection = Selection(skipped=[{"path": p, "reason": r} for p, r in plan.scan_skipped])
+    selection = Selection(skipped=[{"path": p, "reason": r} for p, r in work_list.scan_skipped])
     seen: set[str] = set()
     for index, chunk_records in records:
         for record in chunk_records:
-            src = plan.inputs[record.input_index][0]
-            if record.status == "skip":
-                selection.skipped.append({"path": src, "reason": record.detail})
-            elif record.status == "blank":
-                selection.filtered["blank"] += 1
-            elif record.detail in seen:
-                selection.filtered["duplicate"] += 1
-            else:
-                seen.add(record.detail)
-                meta = {"src": src} if record.frame is None else {"src": src, "frame": record.frame}
-                key = sample_key(record.input_index, record.frame)
-                selection.kept.append(SampleRef(index, record.offset, record.length, key, meta))
+            src = work_list.inputs[record.input_index][0]
+            match record:
+                case Skipped():
+                    selection.skipped.append({"path": src, "reason": record.reason})
+                case Blank():
+                    selection.filtered["blank"] += 1
+                case Kept() if record.duplicate_key in seen:
+                    selection.filtered["duplicate"] += 1
+                case Kept():
+                    seen.add(record.duplicate_key)
+                    meta = {"src": src} if record.frame is None else {"src": src, "frame": record.frame}
+                    key = sample_key(record.input_index, record.frame)
+                    selection.kept.append(SampleRef(index, record.offset, record.length, key, meta))
     selection.skipped.sort(key=lambda s: (s["path"], s["reason"]))
     return selection
 
@@ -415,10 +454,27 @@ def _read_payloads(work: Path, samples: list[SampleRef]) -> dict[tuple[int, int]
 # -- orchestration -------------------------------------------------------------------------------
 
 
+class Outcome(Enum):
+    """What a `pack_dataset` call did."""
+
+    PACKED = "packed"
+    """Shards and manifest written (both stages, or the write stage after --part runs)."""
+    ALREADY_PACKED = "already packed"
+    """DST already held this exact pack: nothing done."""
+    PART_ENCODED = "part encoded"
+    """--part: this part's chunks encoded; no shards yet."""
+
+
 @dataclass
 class PackSummary:
     """What a pack did, for the closing report (and for tests and the benchmark)."""
 
+    outcome: Outcome = Outcome.PACKED
+    dst: Path = Path(".")
+    part: tuple[int, int] | None = None
+    """--part I/N of a PART_ENCODED pack."""
+    chunks: tuple[int, int] = (0, 0)
+    """Chunks this run covered, of all the work list's (PART_ENCODED)."""
     inputs: int = 0
     frames_encoded: int = 0
     packed: dict[str, int] = field(default_factory=dict)
@@ -430,7 +486,6 @@ class PackSummary:
     stage_seconds: Counter = field(default_factory=Counter)
     """Main-process wall time of "scan", "start-up", "encode stage", "write stage", "clean-up", plus
     the workers' "decode", "resize", "filter", "encode" and "chunk write" seconds, summed over workers."""
-    note: str = ""
 
     def add_manifest(self, manifest: Manifest) -> None:
         self.packed = {name: split.num_samples for name, split in manifest.splits.items()}
@@ -440,8 +495,11 @@ class PackSummary:
         self.num_bytes = sum(split.num_bytes for split in manifest.splits.values())
 
     def lines(self) -> list[str]:
-        if self.note:
-            return [self.note]
+        if self.outcome is Outcome.ALREADY_PACKED:
+            return [f"{self.dst} is already packed with these inputs and options; nothing to do"]
+        if self.outcome is Outcome.PART_ENCODED:
+            (i, n), (mine, total) = self.part, self.chunks
+            return [f"part {i}/{n}: {mine} of {total} chunks encoded in {self.seconds:.1f}s; run with --merge once all parts are done"]
         packed = ", ".join(f"{n} {split}" for split, n in self.packed.items() if n) or "nothing"
         lines = [
             f"packed {packed} from {self.inputs} inputs in {self.seconds:.1f}s "
@@ -471,33 +529,33 @@ def pack_dataset(
     clock = Stopwatch()
     src, dst = Path(src), Path(dst)
     _check_locations(src, dst, part, merge, overwrite)
-    plan = build_plan(src, options)
+    work_list = list_work(src, options)
     clock.lap("scan")
-    pack_args = {**asdict(options), "inputs_sha256": plan.fingerprint()}
+    pack_args = {**options.args(), "inputs_sha256": work_list.fingerprint()}
     with _write_errors(dst), _interrupt_keeps_work(dst):
         if overwrite:
             clear_dataset(dst)
         elif (done := _finished_pack(dst, pack_args)) is not None:
             if not keep_work:  # a kill between manifest and clean-up left it
                 shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
-            log(done.note)
+            log(done.lines()[0])
             return done
-        work = _open_work_dir(dst, plan, exclusive=part is None)
-        summary = PackSummary(inputs=len(plan.inputs) + len(plan.scan_skipped))
-        chunks = plan.chunks()
+        work = _open_work_dir(dst, work_list, exclusive=part is None)
+        summary = PackSummary(dst=dst, inputs=len(work_list.inputs) + len(work_list.scan_skipped))
+        chunks = work_list.chunks()
         mine = range(len(chunks)) if part is None else range(part[0], len(chunks), part[1])
         if merge:
             _require_chunks(work, len(chunks))
         with _worker_pool(min(workers or _available_cores(), len(mine) or 1)) as pool:
             clock.lap("start-up")
-            records = _chunk_records(src, work, plan, options, list(mine), pool, summary)
+            records = _chunk_records(src, work, work_list, options, list(mine), pool, summary)
             if part is not None:
                 deque(records, maxlen=0)  # encode only
                 clock.lap("encode stage")
             else:
-                selection = select_samples(plan, records)
+                selection = select_samples(work_list, records)
                 clock.lap("encode stage")
-                manifest = _write_dataset(dst, plan, options, pack_args, selection, pool)
+                manifest = _write_dataset(dst, work_list, options, pack_args, selection, pool)
                 clock.lap("write stage")
         if part is None:
             if not keep_work:
@@ -507,10 +565,9 @@ def pack_dataset(
     summary.seconds = time.monotonic() - started
     summary.stage_seconds.update(clock.seconds)
     if part is not None:
-        summary.note = f"part {part[0]}/{part[1]}: {len(mine)} of {len(chunks)} chunks encoded in {summary.seconds:.1f}s; run with --merge once all parts are done"
-        log(summary.note)
-        return summary
-    summary.add_manifest(manifest)
+        summary.outcome, summary.part, summary.chunks = Outcome.PART_ENCODED, part, (len(mine), len(chunks))
+    else:
+        summary.add_manifest(manifest)
     for line in summary.lines():
         log(line)
     return summary
@@ -558,7 +615,7 @@ def _finished_pack(dst: Path, pack_args: dict[str, Any]) -> PackSummary | None:
     if manifest.pack_args != pack_args:
         changed = sorted(k for k in pack_args.keys() | manifest.pack_args.keys() if manifest.pack_args.get(k) != pack_args.get(k))
         raise DataError(f"DST {dst} already holds a different dataset (differs in: {', '.join(changed)}); add --overwrite to replace it")
-    return PackSummary(note=f"{dst} is already packed with these inputs and options; nothing to do")
+    return PackSummary(Outcome.ALREADY_PACKED, dst)
 
 
 def clear_dataset(dst: Path) -> None:
@@ -570,13 +627,13 @@ def clear_dataset(dst: Path) -> None:
     shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
 
 
-def _open_work_dir(dst: Path, plan: Plan, exclusive: bool) -> Path:
-    """Create DST/.work with the plan, or check that the one there is this plan (resume, parts)."""
+def _open_work_dir(dst: Path, work_list: WorkList, exclusive: bool) -> Path:
+    """Create DST/.work with the work list, or check that the one there is this one (resume, parts)."""
     work = dst / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
-    plan_bytes = plan.to_bytes()
-    plan_path = work / PLAN_NAME
-    if plan_path.exists() and plan_path.read_bytes() != plan_bytes:
+    listed = work_list.to_bytes()
+    path = work / WORKLIST_NAME
+    if path.exists() and path.read_bytes() != listed:
         raise DataError(
             f"{work} holds an unfinished pack of different inputs or options; rerun that pack to finish it, or add --overwrite"
         )
@@ -585,20 +642,20 @@ def _open_work_dir(dst: Path, plan: Plan, exclusive: bool) -> Path:
         remove_stale_temps(work)
         if (work / "shards").is_dir():
             remove_stale_temps(work / "shards")
-    if not plan_path.exists():
-        write_bytes_atomic(plan_path, plan_bytes)
+    if not path.exists():
+        write_bytes_atomic(path, listed)
     return work
 
 
 def _chunk_records(
-    src: Path, work: Path, plan: Plan, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary
+    src: Path, work: Path, work_list: WorkList, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary
 ) -> Iterator[tuple[int, list[Record]]]:
     """(chunk index, records) in chunk order, each as soon as it is done: encoded now (in the pool)
     if its file is missing, else read back. Encoded frames and worker seconds go to `summary`."""
-    chunks = plan.chunks()
+    chunks = work_list.chunks()
     todo = {i for i in chunk_ids if not chunk_path(work, i).exists()}
-    tasks = [ChunkTask([(j, plan.inputs[j][0]) for j in chunks[i]], str(src), str(chunk_path(work, i)), options) for i in chunk_ids if i in todo]
-    has_video = any(is_video(plan.inputs[t.inputs[0][0]][0]) for t in tasks)
+    tasks = [ChunkTask([(j, work_list.inputs[j][0]) for j in chunks[i]], str(src), str(chunk_path(work, i)), options) for i in chunk_ids if i in todo]
+    has_video = any(is_video(work_list.inputs[t.inputs[0][0]][0]) for t in tasks)
     # Videos have unknown frame counts: then the bar counts frames without a total.
     total = None if has_video else sum(len(t.inputs) for t in tasks)
     results = zip(tasks, _map(pool, encode_chunk, tasks))
@@ -631,16 +688,16 @@ def _require_chunks(work: Path, num_chunks: int) -> None:
         )
 
 
-def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[str, Any], selection: Selection, pool: Any) -> Manifest:
+def _write_dataset(dst: Path, work_list: WorkList, options: PackOptions, pack_args: dict[str, Any], selection: Selection, pool: Any) -> Manifest:
     """Stage 2 after the selection: shuffle, cut, write shards (reusing finished ones), manifest last."""
     if not selection.kept:
         reasons = Counter(_reason_kind(s["reason"]) for s in selection.skipped)
         skipped = ", ".join(f"{n} {why}" for why, n in reasons.most_common()) or "none"
         raise DataError(
-            f"no usable frame among {len(plan.inputs) + len(plan.scan_skipped)} inputs (skipped: {skipped}; "
+            f"no usable frame among {len(work_list.inputs) + len(work_list.scan_skipped)} inputs (skipped: {skipped}; "
             f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate)"
         )
-    fingerprint = plan.fingerprint()
+    fingerprint = work_list.fingerprint()
     tasks = [
         ShardTask(f"{split}-{i:06d}.tar", samples, str(dst), options.image_format, fingerprint)
         for split, shards in split_and_cut(selection.kept, options).items()
@@ -649,13 +706,13 @@ def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[
     infos = list(tqdm(_map(pool, write_shard_task, tasks), total=len(tasks), unit="shard", desc="write", dynamic_ncols=True, disable=None))
     splits = {split: SplitInfo([info for info in infos if info.name.startswith(f"{split}-")]) for split in SPLITS}
     manifest = Manifest(
-        width=options.width,
-        height=options.height,
-        channels=options.channels,
+        width=options.frame.width,
+        height=options.frame.height,
+        channels=options.frame.channels,
         image_format=options.image_format,
         splits=splits,
         pack_args=pack_args,
-        num_inputs=len(plan.inputs) + len(plan.scan_skipped),
+        num_inputs=len(work_list.inputs) + len(work_list.scan_skipped),
         filtered=selection.filtered,
         skipped=selection.skipped,
         root=dst,
@@ -665,7 +722,7 @@ def _write_dataset(dst: Path, plan: Plan, options: PackOptions, pack_args: dict[
 
 
 def _remove_stale_shards(dst: Path, manifest: Manifest) -> None:
-    """Shard files a previous, different plan left behind under our naming scheme."""
+    """Shard files a previous, different pack left behind under our naming scheme."""
     listed = {s.name for split in manifest.splits.values() for s in split.shards}
     for path in dst.glob("*.tar"):
         if _SHARD_NAME.match(path.name) and path.name not in listed:

@@ -1,4 +1,5 @@
-"""Sample quality: sliced Wasserstein distance (SWD) on image patches, and FID/KID from local weights.
+"""Sample quality metrics: sliced Wasserstein distance (SWD) on image patches, and FID/KID from
+local weights. Metrics only: which images they compare is evaluate.py's to say.
 
 SWD follows ProGAN (Karras et al. 2018, appendix D): a Laplacian pyramid of every image,
 random 7x7 patches at each level as descriptors, each colour channel normalized, then the
@@ -19,8 +20,6 @@ downloaded. Images go in as uint8 RGB and are resized to 299x299 the way TensorF
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, DataConfig
-from .errors import CheckpointError, ConfigError
-from .loader import sample_images
-
-log = logging.getLogger("shardgan")
+from .augment import to_float
+from .errors import ConfigError
 
 PATCH_SIZE = 7
 SWD_MODES = {"paper": (128, "each"), "real_stats": (64, "real")}
@@ -45,17 +41,10 @@ MIN_LEVEL_SIZE = 12
 """The pyramid stops before a level's short side would drop below this (16x12 for 4:3 frames)."""
 NUM_QUANTILES = 1024
 SWD_SCALE = 1e3
-GEN_BATCH = 128
 _GAUSS_1D = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 
 
-# -- images ----------------------------------------------------------------------------------
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] or float [-1, 1] (B, C, H, W) -> float32 [-1, 1] on the CPU."""
-    images = images.detach().cpu()
-    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float().clamp(-1, 1)
+# -- SWD -------------------------------------------------------------------------------------
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +130,7 @@ class SlicedWasserstein:
         num_projections: int = NUM_PROJECTIONS, normalize: str = "each",
     ):  # fmt: skip
         assert normalize in ("each", "real"), normalize
-        real = to_float(real)
+        real = to_float(real.detach().cpu())
         self.seed, self.patches_per_image, self.normalize = seed, patches_per_image, normalize
         self.levels = num_levels(*real.shape[-2:])
         raw = self._descriptors(real, stream=0)
@@ -163,7 +152,7 @@ class SlicedWasserstein:
 
     def __call__(self, fake: torch.Tensor) -> dict[str, Any]:
         """{"swd": mean over levels, "swd_levels": per level (finest first)}, both x 1e3."""
-        raw = self._descriptors(to_float(fake), stream=1)
+        raw = self._descriptors(to_float(fake.detach().cpu()), stream=1)
         stats = [_stats(d) for d in raw] if self.normalize == "each" else self.real_stats
         per_level = [
             SWD_SCALE * (real - projected_quantiles(d, p)).abs().mean().item()
@@ -264,78 +253,3 @@ class FidKid:
             torch.manual_seed(0)
             kid_mean, _ = self.kid.compute()
         return {"fid": round(float(self.fid.compute()), 4), "kid": round(float(kid_mean), 6)}
-
-
-# -- a generator against the val split ------------------------------------------------------
-
-
-def load_real_images(data: DataConfig, num_images: int) -> torch.Tensor:
-    """Up to `num_images` held-out frames (the `val` split) as uint8 (N, C, H, W), local or remote."""
-    return sample_images(data, "val", num_images, seed=0)
-
-
-@torch.no_grad()
-def generate_images(generator: nn.Module, num_images: int, nz: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """`num_images` samples from fixed noise (same seed, same latents), in eval mode: (N, C, H, W) in [-1, 1]."""
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(num_images, nz, 1, 1, generator=rng)
-    was_training = generator.training
-    generator.eval()
-    try:
-        return torch.cat([generator(chunk.to(device)).float().cpu() for chunk in z.split(GEN_BATCH)])
-    finally:
-        generator.train(was_training)
-
-
-@dataclass
-class Evaluator:
-    """The real side, computed once per run: SWD descriptors and, with weights, Inception features."""
-
-    swd: SlicedWasserstein
-    num_images: int
-    nz: int
-    device: torch.device
-    fid_kid: FidKid | None = None
-
-    @classmethod
-    def build(cls, cfg: Config, device: torch.device) -> Evaluator:
-        real = load_real_images(cfg.data, cfg.eval.num_images)
-        if len(real) < cfg.eval.num_images:
-            log.warning(
-                "the val split of %s has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
-                cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
-            )  # fmt: skip
-        fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
-        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
-
-    def __call__(self, generator: nn.Module) -> dict[str, Any]:
-        fake = generate_images(generator, self.num_images, self.nz, self.device)
-        scores = self.swd(fake)
-        if self.fid_kid is not None:
-            scores.update(self.fid_kid(fake))
-        return scores
-
-
-def evaluate_generator(generator: nn.Module, cfg: Config, device: torch.device) -> dict[str, Any]:
-    """One-shot: build the real side and score `generator` (a loop should keep an Evaluator)."""
-    return Evaluator.build(cfg, device)(generator)
-
-
-def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides: list[str] | None = None, *, best: bool = False) -> dict[str, Any]:
-    """`shardgan eval`: score a run's checkpoint (default: its newest valid one, or with `best` the
-    lowest-SWD one) against its val split; `overrides` (section.key=value) change eval settings or
-    point data.shards elsewhere."""
-    from . import checkpoint as ckpt
-    from .config import config_from_dict
-    from .generate import generator_from_state
-    from .rundir import RunDir, append_metrics
-
-    run = RunDir(Path(run_root))
-    if not run.root.is_dir():
-        raise CheckpointError(f"run directory not found: {run.root}")
-    state, checkpoint = ckpt.load_given_or_newest(run.best_checkpoints if best else run.checkpoints, checkpoint)
-    cfg = config_from_dict(state[ckpt.CONFIG], str(checkpoint), overrides)
-    generator = generator_from_state(state)
-    scores = {"step": state[ckpt.STEP], "checkpoint": str(checkpoint), **evaluate_generator(generator, cfg, torch.device("cpu"))}
-    append_metrics(run.eval_metrics, scores)
-    return scores

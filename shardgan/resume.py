@@ -65,7 +65,7 @@ def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
         ckpt.OPT_G: t.opt_g.state_dict(),
         ckpt.OPT_D: t.opt_d.state_dict(),
         ckpt.STEP: t.step,
-        ckpt.WORLD_SIZE: t.dist.world_size,
+        ckpt.WORLD_SIZE: t.world.world_size,
         ckpt.LOADER: loader.state_dict(),
         ckpt.RNG: rng,
         ckpt.CONFIG: t.cfg.to_dict(),
@@ -90,7 +90,7 @@ def save_checkpoint(t: Trainer, loader: ShardLoader, rd: RunDir, *, best: bool =
     `best`: into checkpoints/best/, keeping only that one (the lowest SWD so far)."""
     state = state_dict(t, loader)
     error = ""
-    if t.dist.is_main:
+    if t.world.is_main:
         try:
             directory, keep = (rd.best_checkpoints, 1) if best else (rd.checkpoints, t.cfg.checkpoint.keep_last)
             path = ckpt.save(directory, t.step, state, keep)
@@ -164,7 +164,7 @@ def load_chosen(t: Trainer, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:
     """Collective: rank 0 chooses, every rank loads that file and checks its sha256 against rank 0's;
     a rank that cannot stops them all with one line naming it and the file."""
     chosen, error = None, ""
-    if t.dist.is_main:
+    if t.world.is_main:
         try:
             chosen = choose_checkpoint(t.cfg, rd)
         except CheckpointError as e:
@@ -214,7 +214,7 @@ def _flat(cfg: Config) -> dict[str, Any]:
 
 def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) -> None:
     """Load everything, then apply the configured optimizer settings (a changed one was warned about)."""
-    check_changes(config_from_dict(state[ckpt.CONFIG], str(path)), t.cfg, state[ckpt.WORLD_SIZE], t.dist.world_size, path)
+    check_changes(config_from_dict(state[ckpt.CONFIG], str(path)), t.cfg, state[ckpt.WORLD_SIZE], t.world.world_size, path)
     t.g.load_state_dict(state[ckpt.G])
     t.d.load_state_dict(state[ckpt.D])
     if t.ema is not None:
@@ -228,10 +228,10 @@ def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) 
     ada = t.diff_augment.ada if t.diff_augment is not None else None
     saved = [s for s in state.get(AUGMENT_STATE) or [] if s is not None]
     if ada is not None and saved:  # else (ADA newly on): p starts at augment.probability
-        same_world = len(saved) == t.dist.world_size
-        ada.load_state_dict(saved[t.dist.rank] if same_world else {**saved[0], "sign_sum": 0.0, "count": 0})
+        same_world = len(saved) == t.world.world_size
+        ada.load_state_dict(saved[t.world.rank] if same_world else {**saved[0], "sign_sum": 0.0, "count": 0})
     t.step = state[ckpt.STEP]
     loader.load_state_dict(state[ckpt.LOADER])
-    if len(state[ckpt.RNG]) == t.dist.world_size:
-        ckpt.restore_rng(state[ckpt.RNG][t.dist.rank], t.device)
+    if len(state[ckpt.RNG]) == t.world.world_size:
+        ckpt.restore_rng(state[ckpt.RNG][t.world.rank], t.device)
     log.info("resumed from %s at step %d (epoch %d)", path, t.step, loader.epoch)

@@ -45,7 +45,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     With augment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
     cutout and colour change, in the D step and (through G's graph) in the G step."""
-    cfg, rank = t.cfg, t.dist.rank
+    cfg, rank = t.cfg, t.world.rank
     d_loss, g_loss = LOSSES[cfg.model.loss]
     aug_rng = derived_generator(cfg.train.seed, rank, t.step, AUGMENT, device=t.device)
     real = augment(images.to(t.device, non_blocking=True), cfg.data, aug_rng).contiguous(memory_format=t.memory_format)  # (B, C, H, W)
@@ -89,7 +89,7 @@ def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.T
     """This step's view of D's inputs: identity, or the augmentation drawn for this step."""
     if t.diff_augment is None:
         return lambda x: x
-    rng = derived_generator(t.cfg.train.seed, t.dist.rank, t.step, DIFF_AUGMENT, device=t.device)
+    rng = derived_generator(t.cfg.train.seed, t.world.rank, t.step, DIFF_AUGMENT, device=t.device)
     params = t.diff_augment.draw(shape, rng, t.device)
     return lambda x: t.diff_augment(x, params)
 
@@ -117,23 +117,23 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
     Returns the run directory and whether a signal stopped it before the end."""
     stop = StopFlag()
     with stop.installed():  # before joining the group: a signal from now on stops the run cleanly
-        info = dist.init(cfg.train.device)
+        world = dist.init(cfg.train.device)
         try:
-            with logging_setup(info.is_main) as log_to_file:
-                t = build_trainer(cfg, info)
-                loader = open_loader(cfg, info)
+            with logging_setup(world.is_main) as log_to_file:
+                t = build_trainer(cfg, world)
+                loader = open_loader(cfg, world)
                 rd = RunDir(Path(cfg.run.root) / cfg.run.name)
                 chosen = resume.load_chosen(t, rd)
                 if chosen is not None:
                     resume.restore(t, loader, chosen[1], chosen[0].path)
-                if info.is_main:
+                if world.is_main:
                     prepare_run_dir(t, rd)
                     if chosen is not None:
                         resume.abandon_after(rd, chosen[0])
                     log_to_file(rd)
                 log.info(
                     "run %s: G %s params, D %s params, %d rank(s) on %s, process group backend %s",
-                    rd.root, f"{count_params(t.g):,}", f"{count_params(t.d):,}", info.world_size, info.device, dist.backend(),
+                    rd.root, f"{count_params(t.g):,}", f"{count_params(t.d):,}", world.world_size, world.device, dist.backend(),
                 )  # fmt: skip
                 t.wrap()
                 stopped = run_loop(t, loader, rd, stop)
@@ -151,8 +151,8 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
     if t.step >= total:
         log.info("already at step %d of %d: nothing to train (raise train.epochs or train.max_steps to go on)", t.step, total)
         return False
-    global_batch = t.cfg.data.batch_size * t.dist.world_size
-    interactive = t.dist.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
+    global_batch = t.cfg.data.batch_size * t.world.world_size
+    interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
     bar = tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not interactive, dynamic_ncols=True)
     hooks = Hooks(t, loader, rd, stop, bar)
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
@@ -160,7 +160,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
         while t.step < total and not stopped:
             epoch = loader.epoch
             for batch in loader:
-                if t.dist.is_main and not rd.train_batch.exists():
+                if t.world.is_main and not rd.train_batch.exists():
                     save_grid(batch["image"][:64], rd.train_batch)
                 stats = train_step(t, batch["image"])
                 t.step += 1
@@ -171,7 +171,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
                     break
             else:
                 hooks.end_of_epoch(epoch)
-    if t.dist.is_main:
+    if t.world.is_main:
         save_loss_curve(read_metrics(rd.metrics), rd.loss_curve)
     return stopped and t.step < total
 

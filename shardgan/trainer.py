@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .augment import DiffAugment, build_diff_augment
 from .config import Config
@@ -59,7 +60,8 @@ class Trainer:
     """What is trained and how it is run: raw modules (state dicts), and their run-time wrappers."""
 
     cfg: Config
-    dist: DistInfo
+    world: DistInfo
+    """This process's rank, the world size and the device."""
     g: nn.Module
     d: nn.Module
     opt_g: torch.optim.Optimizer
@@ -79,7 +81,7 @@ class Trainer:
 
     @property
     def device(self) -> torch.device:
-        return self.dist.device
+        return self.world.device
 
     @property
     def sampler(self) -> nn.Module:
@@ -103,9 +105,7 @@ class Trainer:
         if self.cfg.train.compile:
             g, d = torch.compile(g), torch.compile(d)
         self.d_frozen = d
-        if self.dist.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
+        if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
             # the same state and a checkpoint of rank 0 is the state of all.
@@ -121,16 +121,16 @@ def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
     return torch.channels_last if cfg.train.channels_last and device.type == "cuda" else torch.contiguous_format
 
 
-def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
+def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
     g, d = build_models(cfg.model, cfg.train.seed)
-    fmt = memory_format(cfg, dist.device)
-    g, d = g.to(dist.device, memory_format=fmt), d.to(dist.device, memory_format=fmt)
-    adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": dist.device.type == "cuda"}
+    fmt = memory_format(cfg, world.device)
+    g, d = g.to(world.device, memory_format=fmt), d.to(world.device, memory_format=fmt)
+    adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": world.device.type == "cuda"}
     fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, FIXED_NOISE))
     stats_noise = torch.randn(NUM_STATS_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, STATS_NOISE))
     return Trainer(
         cfg=cfg,
-        dist=dist,
+        world=world,
         g=g,
         d=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, **adam),
@@ -141,9 +141,9 @@ def build_trainer(cfg: Config, dist: DistInfo) -> Trainer:
     )
 
 
-def open_loader(cfg: Config, dist: DistInfo) -> ShardLoader:
+def open_loader(cfg: Config, world: DistInfo) -> ShardLoader:
     """The loader, after checking the shards hold images of the model's size."""
-    loader = ShardLoader(cfg.data, rank=dist.rank, world_size=dist.world_size)
+    loader = ShardLoader(cfg.data, rank=world.rank, world_size=world.world_size)
     m = loader.manifest
     if (m.width, m.height, m.channels) != (cfg.model.width, cfg.model.height, cfg.model.channels):
         raise ConfigError(

@@ -29,6 +29,8 @@ def test_no_augmentation_is_plain_normalization():
     out = augment(x, DataConfig(translate_px=0, color_jitter=0.0, hflip=False), torch.Generator())
     torch.testing.assert_close(out, to_float(x))
     assert to_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
+    assert to_float(torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)).tolist() == [-1.0, 0.5, 1.0]  # G's output: clamped
+    assert to_float(torch.tensor([-2.0], dtype=torch.float64)).dtype == torch.float32
 
 
 def test_translate_shifts_with_edge_replication():

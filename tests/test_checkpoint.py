@@ -93,6 +93,18 @@ def test_code_running_pickle_is_refused_even_with_matching_checksum(tmp_path: Pa
         assert not marker.exists()
 
 
+def test_metadata_is_checked_against_the_checkpoint_it_describes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The .json's format, version and step are read back: one describing another step is refused."""
+    write_steps(tmp_path, [10, 20])
+    meta_path = tmp_path / "step_00000020.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "step": 10}))
+    with pytest.raises(CheckpointError, match=r"step_00000020.json describes another checkpoint \(step 10, this one holds step 20\)"):
+        ckpt.load_file(tmp_path / "step_00000020.pt")
+    with caplog.at_level(logging.WARNING, logger="shardgan"):
+        state, path = ckpt.load_newest(tmp_path)
+    assert state[ckpt.STEP] == 10 and "describes another checkpoint" in caplog.text
+
+
 def test_checkpoint_without_metadata_does_not_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A kill between writing the .pt and its .json leaves an incomplete checkpoint: never loaded."""
     write_steps(tmp_path, [10, 20])

@@ -11,6 +11,8 @@ import pytest
 from shardgan import __version__
 from tests.conftest import PYTHON
 
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
+
 
 def shardgan(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "shardgan", *args], capture_output=True, text=True, timeout=120)

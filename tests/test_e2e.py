@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from shardgan import checkpoint as ckpt
-from shardgan.quality import evaluate_run
+from shardgan.evaluate import evaluate_run
 from shardgan.rundir import RunDir, read_metrics
+from shardgan.synthetic import write_frames
 
-from .conftest import PYTHON, ROOT, write_frames
+from .conftest import PYTHON, ROOT
+
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TOY = [

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import shardgan.frames
 from shardgan.frames import Frame, FrameSpec, is_blank, load_frames, scan
+from shardgan.synthetic import game_frame
 
-from .conftest import game_frame
 
 
 def _load(path: Path, spec: FrameSpec) -> Frame | str:
@@ -138,7 +139,7 @@ def test_modes_are_converted(tmp_path: Path) -> None:
     assert (_load(tmp_path / "sixteen.png", spec).pixels == 128).all()  # scaled, not clipped to 255
 
 
-def test_bad_inputs_become_reasons(tmp_path: Path) -> None:
+def test_bad_inputs_become_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = io.BytesIO()
     Image.fromarray(game_frame(6)).save(good, format="PNG")
     jpeg = io.BytesIO()
@@ -154,7 +155,8 @@ def test_bad_inputs_become_reasons(tmp_path: Path) -> None:
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     _save(tmp_path / "tiny.png", Image.fromarray(game_frame(7, 8, 6)))
-    spec = FrameSpec(64, 48, max_pixels=50_000_000)
+    monkeypatch.setattr(shardgan.frames, "MAX_PIXELS", 50_000_000)  # below Pillow's own limit: shardgan's check must fire
+    spec = FrameSpec(64, 48)
     reasons = {p.name: _load(p, spec) for p in tmp_path.iterdir()}
     assert reasons["empty.png"] == "empty file"
     assert reasons["random.png"].startswith("not an image")

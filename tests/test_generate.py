@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from shardgan.generate import generate, slerp
+from shardgan.generate import GEN_BATCH, generate, generate_images, slerp
 from tests.trainer_runs import STEPS
 
 
@@ -22,6 +22,20 @@ def test_generate_is_reproducible(straight: Path, tmp_path: Path) -> None:
     assert Image.open(strip).size == (6 * (24 + 2) + 2, 16 + 4)
 
 
+def test_generate_images_draws_fixed_latents_in_batches_and_in_eval_mode() -> None:
+    seen: list[tuple[int, bool]] = []
+
+    class Echo(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            seen.append((len(z), self.training))
+            return z[:, :3].expand(-1, -1, 2, 2)  # (B, 3, 2, 2)
+
+    echo = Echo()
+    images = generate_images(echo, GEN_BATCH + 5, 4, torch.device("cpu"), seed=7)
+    assert images.shape == (GEN_BATCH + 5, 3, 2, 2) and seen == [(GEN_BATCH, False), (5, False)]
+    assert echo.training, "the training mode is only borrowed"
+    assert torch.equal(images, generate_images(echo, GEN_BATCH + 5, 4, torch.device("cpu"), seed=7))
+    assert not torch.equal(images, generate_images(echo, GEN_BATCH + 5, 4, torch.device("cpu"), seed=8))
 
 
 def test_slerp_ends_at_its_endpoints_and_keeps_the_norm() -> None:

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import PYTHON, ROOT, build_dataset, game_frame
+from .conftest import PYTHON, ROOT, build_dataset
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
 from shardgan.manifest import Manifest, ShardInfo, SplitInfo
 from shardgan.shards import encode_image, sample_key
+from shardgan.synthetic import game_frame
 
 SIZES = [7, 13, 5, 20]
 
@@ -144,6 +145,7 @@ print(json.dumps([b["key"] for b in loader]))
 """
 
 
+@pytest.mark.multiproc
 def test_restore_in_a_new_process(dataset):
     uninterrupted = take(make_loader(dataset, rank=1, world_size=2), 11)
     before = make_loader(dataset, rank=1, world_size=2)
@@ -253,6 +255,7 @@ print(json.dumps([k for batch in loader for k in batch["key"]]))
 """
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_an_epoch_over_10000_shards_fits_in_256_open_files(tmp_path):
     write_tiny_shards(tmp_path, 10_000)

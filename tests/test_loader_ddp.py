@@ -10,6 +10,8 @@ import pytest
 
 from .conftest import PYTHON, ROOT, build_dataset
 
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
+
 RANK_SCRIPT = """
 import json, sys
 import torch, torch.distributed as dist

@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 
+from shardgan.config import LOSS_NAMES
 from shardgan.losses import LOSSES, bce_d, bce_g, hinge_d, hinge_g
+
+
+def test_every_name_the_config_accepts_has_a_loss() -> None:
+    assert sorted(LOSSES) == sorted(LOSS_NAMES)
 
 
 def test_bce_at_zero_logits_is_log_2_per_term() -> None:

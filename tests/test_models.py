@@ -1,4 +1,4 @@
-"""Models: the seed's parameter counts exactly, G/D shapes for many sizes, SN and EMA."""
+"""Models: the original project's parameter counts exactly, G/D shapes for many sizes, SN and EMA."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from shardgan.config import ModelConfig, load_config
 from shardgan.errors import ConfigError
-from shardgan.models import EMA, build_models, count_params, plan_layout
+from shardgan.models import EMA, build_models, count_params, choose_layout
 from tests.conftest import ROOT
 
 
@@ -20,8 +20,8 @@ def test_preset_parameter_counts(preset: str, g_params: int, d_params: int) -> N
     assert (count_params(g), count_params(d)) == (g_params, d_params)
 
 
-def test_seed_layout_is_used_for_88x66() -> None:
-    layout = plan_layout(88, 66)
+def test_original_layout_is_used_for_88x66() -> None:
+    layout = choose_layout(88, 66)
     assert layout.g_kernels == ((4, 5), (4, 5), (4, 4), (5, 4), (4, 4))
     assert layout.d_kernels == ((4, 4), (3, 4), (3, 4), (5, 5), (4, 5))
 
@@ -41,7 +41,7 @@ def test_shapes_for_sizes(width: int, height: int, channels: int) -> None:
 def test_spectral_norm_discriminator_has_no_batchnorm() -> None:
     g, d = build_models(ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, spectral_norm=True), seed=0)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
-    assert sum(hasattr(m, "parametrizations") for m in d.modules()) == len(plan_layout(24, 16).d_kernels)
+    assert sum(hasattr(m, "parametrizations") for m in d.modules()) == len(choose_layout(24, 16).d_kernels)
 
 
 def test_unbuildable_size_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""`shardgan pack` / `inspect`: what goes in comes out (read with plain webdataset), byte-reproducibly."""
+"""`shardgan pack`: what goes in comes out (read with plain webdataset), byte-reproducibly."""
 
 from __future__ import annotations
 
@@ -16,14 +16,29 @@ from PIL import Image
 import shardgan.pack
 from shardgan import cli
 from shardgan.errors import ConfigError, DataError
-from shardgan.manifest import inspect_dataset, load_manifest, verify_dataset
-from shardgan.pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
+from shardgan.manifest import load_manifest
+from shardgan.frames import FrameSpec
+from shardgan.pack import (
+    Blank,
+    Kept,
+    Outcome,
+    PackOptions,
+    Skipped,
+    pack_dataset,
+    parse_bytes,
+    parse_part,
+    parse_size,
+    parse_val,
+    record_from_row,
+    record_row,
+)
 from shardgan.shards import read_sample
+from shardgan.synthetic import write_frames
 
-from .conftest import PYTHON, write_frames
+from .conftest import PYTHON
 
 SHARDGAN = str(Path(PYTHON).parent / "shardgan")
-SMALL = PackOptions(40, 30, samples_per_shard=8)
+SMALL = PackOptions(FrameSpec(40, 30), samples_per_shard=8)
 
 
 def pack(src: Path, dst: Path, options: PackOptions = SMALL, **kwargs) -> None:
@@ -43,7 +58,7 @@ def read_webdataset(dst: Path, split: str = "train") -> list[dict]:
 @pytest.mark.parametrize("image_format", ["png", "raw"])
 def test_samples_read_back_with_webdataset_match_inputs(tmp_path: Path, image_format: str) -> None:
     paths = write_frames(tmp_path / "src", 30)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, image_format=image_format, samples_per_shard=8))
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(FrameSpec(40, 30), image_format=image_format, samples_per_shard=8))
     samples = read_webdataset(tmp_path / "dst")
     assert len(samples) == 30 and len(load_manifest(tmp_path / "dst").split("train").shards) == 4
     ext = "png" if image_format == "png" else "npy"
@@ -62,7 +77,7 @@ def test_samples_read_back_with_webdataset_match_inputs(tmp_path: Path, image_fo
 
 def test_byte_identical_across_runs_and_worker_counts(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 40)
-    options = PackOptions(40, 30, samples_per_shard=7, val=0.2, seed=3)
+    options = PackOptions(FrameSpec(40, 30), samples_per_shard=7, val=0.2, seed=3)
     pack(tmp_path / "src", tmp_path / "one", options, workers=1)
     pack(tmp_path / "src", tmp_path / "two", options, workers=2)
     pack(tmp_path / "src", tmp_path / "again", options, workers=2)
@@ -84,8 +99,8 @@ def test_parts_then_merge_equal_a_single_pack(tmp_path: Path) -> None:
 
 def test_val_split_seed_and_shard_size_cut(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 30)
-    pack(tmp_path / "src", tmp_path / "a", PackOptions(40, 30, val=6, seed=1, shard_size_bytes=20_000))
-    pack(tmp_path / "src", tmp_path / "b", PackOptions(40, 30, val=6, seed=2, shard_size_bytes=20_000))
+    pack(tmp_path / "src", tmp_path / "a", PackOptions(FrameSpec(40, 30), val=6, seed=1, shard_size_bytes=20_000))
+    pack(tmp_path / "src", tmp_path / "b", PackOptions(FrameSpec(40, 30), val=6, seed=2, shard_size_bytes=20_000))
     manifest = load_manifest(tmp_path / "a")
     train, val = ({s["__key__"] for s in read_webdataset(tmp_path / d, split)} for d, split in [("a", "train"), ("a", "val")])
     assert len(val) == 6 and len(train) == 24 and not train & val
@@ -109,7 +124,7 @@ def test_blank_and_duplicate_frames_are_dropped_and_counted(tmp_path: Path) -> N
     assert manifest.filtered == {"blank": 2, "duplicate": 1} and manifest.split("train").num_samples == 20
     srcs = {json.loads(s["json"])["src"] for s in read_webdataset(tmp_path / "dst")}
     assert paths[3].relative_to(tmp_path / "src").as_posix() in srcs and "zz_copy_of_3.png" not in srcs
-    pack(tmp_path / "src", tmp_path / "keep", PackOptions(40, 30, samples_per_shard=8, blank_threshold=0))
+    pack(tmp_path / "src", tmp_path / "keep", PackOptions(FrameSpec(40, 30), samples_per_shard=8, blank_threshold=0))
     assert load_manifest(tmp_path / "keep").filtered == {"blank": 0, "duplicate": 1}
 
 
@@ -119,7 +134,7 @@ def test_rerun_is_a_no_op_and_a_different_dataset_needs_overwrite(tmp_path: Path
     before = tree_bytes(tmp_path / "dst")
     pack(tmp_path / "src", tmp_path / "dst")
     assert tree_bytes(tmp_path / "dst") == before
-    reseeded = PackOptions(40, 30, samples_per_shard=8, seed=9)
+    reseeded = PackOptions(FrameSpec(40, 30), samples_per_shard=8, seed=9)
     with pytest.raises(DataError, match="already holds a different dataset .*seed.*--overwrite"):
         pack(tmp_path / "src", tmp_path / "dst", reseeded)
     write_frames(tmp_path / "src", 1, start=20)
@@ -139,7 +154,7 @@ def test_argument_parsing() -> None:
         with pytest.raises(ConfigError):
             parse(text)
     with pytest.raises(ConfigError, match="--mode"):
-        PackOptions(8, 8, mode="zoom")
+        PackOptions(FrameSpec(8, 8, mode="zoom"))
 
 
 def _cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:
@@ -169,6 +184,7 @@ def test_cli_argument_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     assert "no manifest.json" in _cli_error(monkeypatch, capsys, "inspect", str(tmp_path))
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 2)
@@ -178,31 +194,12 @@ def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
     assert "--size" in result.stderr and not (tmp_path / "d").exists()
 
 
-def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    write_frames(tmp_path / "src", 20)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, samples_per_shard=8, val=4))
-    inspect_dataset(tmp_path / "dst", verify=True, grid=tmp_path / "grid.png", grid_count=9)
-    out = capsys.readouterr().out
-    assert "train: 16 samples in 2 shards" in out and "val: 4 samples" in out and "verified: all 20" in out
-    assert Image.open(tmp_path / "grid.png").size == (3 * 42 + 2, 3 * 32 + 2)
-    manifest = load_manifest(tmp_path / "dst")
-    shard = manifest.split("train").shards[1]
-    path = tmp_path / "dst" / shard.name
-    data = bytearray(path.read_bytes())
-    data[shard.offsets[2] + 1024 + 40] ^= 0xFF  # inside sample 2's image bytes
-    path.write_bytes(bytes(data))
-    problems = verify_dataset(manifest)
-    assert any("sha256" in p for p in problems) and any("sample 2" in p for p in problems), problems
-    with pytest.raises(DataError, match="verify found"):
-        inspect_dataset(tmp_path / "dst", verify=True)
-
-
 def test_videos_are_packed_every_kth_frame_with_frame_keys(tmp_path: Path) -> None:
     from .test_frames import write_video
 
     write_frames(tmp_path / "src", 4)
     write_video(tmp_path / "src" / "speedrun.mkv", 10)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(40, 30, every=4))
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(FrameSpec(40, 30, every=4)))
     metas = {s["__key__"]: json.loads(s["json"]) for s in read_webdataset(tmp_path / "dst")}
     video = {k: m for k, m in metas.items() if m["src"] == "speedrun.mkv"}
     assert sorted(video) == ["000000004_0000000", "000000004_0000004", "000000004_0000008"]
@@ -244,10 +241,44 @@ def test_summary_profiles_every_stage(tmp_path: Path) -> None:
     assert 0.9 * summary.seconds <= main <= summary.seconds
 
 
-def test_unfinished_work_of_another_plan_version_is_not_mixed_in(tmp_path: Path) -> None:
+def test_unfinished_work_of_another_worklist_version_is_not_mixed_in(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 40)
     pack(tmp_path / "src", tmp_path / "dst", part=(0, 2))
-    plan_path = tmp_path / "dst" / ".work" / "plan.json"
-    plan_path.write_text(plan_path.read_text().replace(f'"version":{shardgan.pack.PLAN_VERSION}', '"version":1'))
+    path = tmp_path / "dst" / ".work" / shardgan.pack.WORKLIST_NAME
+    path.write_text(path.read_text().replace(f'"version":{shardgan.pack.WORKLIST_VERSION}', '"version":1'))
     with pytest.raises(DataError, match="unfinished pack of different inputs or options"):
         pack(tmp_path / "src", tmp_path / "dst")
+
+
+def test_pack_args_keep_the_flat_layout_every_manifest_has(tmp_path: Path) -> None:
+    """PackOptions holds a FrameSpec, but the manifest records its fields beside the others, as
+    before: a rerun on a dataset packed by an earlier shardgan still finds it complete."""
+    options = PackOptions(FrameSpec(40, 30, channels=1, mode="crop", every=2), "raw", 90, 1.5, 7, 0.25, 9, 1000)
+    assert options.args() == {
+        "width": 40, "height": 30, "channels": 1, "mode": "crop", "every": 2, "image_format": "raw", "quality": 90,
+        "blank_threshold": 1.5, "seed": 7, "val": 0.25, "samples_per_shard": 9, "shard_size_bytes": 1000,
+    }  # fmt: skip
+    assert options.encode_args() == {"width": 40, "height": 30, "channels": 1, "mode": "crop", "every": 2, "image_format": "raw", "quality": 90, "blank_threshold": 1.5}
+    write_frames(tmp_path / "src", 12)
+    pack(tmp_path / "src", tmp_path / "dst")
+    manifest = load_manifest(tmp_path / "dst")
+    assert manifest.pack_args == {**SMALL.args(), "inputs_sha256": manifest.pack_args["inputs_sha256"]}
+
+
+def test_records_keep_the_chunk_footer_rows_of_earlier_versions() -> None:
+    rows = [[3, None, "ok", "ab" * 16, 0, 120], [4, 7, "ok", "cd" * 16, 120, 80], [5, 2, "blank", "", 0, 0], [6, None, "skip", "corrupt: x", 0, 0]]
+    records = [record_from_row(row) for row in rows]
+    assert records == [Kept(3, None, "ab" * 16, 0, 120), Kept(4, 7, "cd" * 16, 120, 80), Blank(5, 2), Skipped(6, "corrupt: x")]
+    assert [record_row(r) for r in records] == rows
+
+
+def test_summary_says_what_the_pack_did(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 20)
+    lines: list[str] = []
+    part = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, part=(1, 2), log=lines.append)
+    assert part.outcome is Outcome.PART_ENCODED and part.chunks == (1, 3)
+    assert lines[-1].startswith("part 1/2: 1 of 3 chunks encoded in ") and lines[-1].endswith("run with --merge once all parts are done")
+    packed = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, log=lines.append)
+    assert packed.outcome is Outcome.PACKED and packed.packed == {"train": 20, "val": 0} and lines[-3].startswith("packed 20 train from 20 inputs")
+    again = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, log=lines.append)
+    assert again.outcome is Outcome.ALREADY_PACKED and lines[-1] == f"{tmp_path / 'dst'} is already packed with these inputs and options; nothing to do"

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from shardgan.config import Config
-from shardgan.errors import ConfigError, DataError
+from shardgan.errors import ConfigError
 from shardgan.quality import (
-    Evaluator,
     FidKid,
     SlicedWasserstein,
     _up,
@@ -20,8 +18,7 @@ from shardgan.quality import (
     num_levels,
     to_uint8_rgb,
 )
-
-from .conftest import build_dataset, game_frame
+from shardgan.synthetic import game_frame
 
 
 def frames(start: int, count: int, width: int = 32, height: int = 24) -> torch.Tensor:
@@ -66,6 +63,7 @@ def test_laplacian_pyramid_sums_back_to_the_image() -> None:
     torch.testing.assert_close(rebuilt, images)
 
 
+@pytest.mark.slow
 def test_paper_swd_normalizes_each_set_by_its_own_statistics() -> None:
     """A global colour cast is normalized away by the paper's SWD, and counts with real_stats."""
     real, other = frames(0, 48), frames(1000, 48)
@@ -128,50 +126,3 @@ def test_missing_inception_weights_is_one_clear_error(tmp_path: Path) -> None:
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ConfigError, match="is not the FID Inception"):
         inception_features(bad)
-
-
-def test_evaluator_scores_a_generator_against_the_val_split(tmp_path: Path) -> None:
-    from shardgan.models import build_models
-
-    build_dataset(tmp_path / "shards", [16], width=16, height=12, val_sizes=(24,))
-    cfg = Config()
-    cfg.data.shards = str(tmp_path / "shards")
-    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 16, 12, 8, 4, 4
-    cfg.eval.num_images = 20
-    g, _ = build_models(cfg.model, 0)
-    evaluator = Evaluator.build(cfg, torch.device("cpu"))
-    assert evaluator.num_images == 20
-    scores = evaluator(g)
-    assert scores["swd"] > 0 and scores == evaluator(g)
-    assert g.training  # eval mode was only borrowed
-
-
-def test_evaluator_warns_once_when_the_val_split_is_smaller_than_asked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    build_dataset(tmp_path / "shards", [16], width=16, height=12, val_sizes=(8,))
-    cfg = Config()
-    cfg.data.shards = str(tmp_path / "shards")
-    cfg.model.width, cfg.model.height = 16, 12
-    cfg.eval.num_images = 512
-    with caplog.at_level("WARNING", logger="shardgan"):
-        evaluator = Evaluator.build(cfg, torch.device("cpu"))
-    assert evaluator.num_images == 8
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "has 8 images, fewer than eval.num_images=512" in warnings[0] and "\n" not in warnings[0]
-
-
-@pytest.mark.parametrize("count", ["0", "1", "-3"])
-def test_eval_refuses_invalid_counts_in_one_line(tmp_path: Path, count: str, capsys: pytest.CaptureFixture) -> None:
-    from shardgan.cli import main
-
-    assert main(["eval", str(tmp_path), "-n", count]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "num-images" in err
-
-
-def test_evaluator_without_val_split_says_how_to_make_one(tmp_path: Path) -> None:
-    build_dataset(tmp_path / "shards", [16], width=16, height=12)
-    cfg = Config()
-    cfg.data.shards = str(tmp_path / "shards")
-    with pytest.raises(DataError, match="--val"):
-        Evaluator.build(cfg, torch.device("cpu"))
-

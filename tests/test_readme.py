@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, write_frames
+from shardgan.synthetic import write_frames
+from tests.conftest import PYTHON, ROOT
+
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
 
 
 def quick_start_commands() -> list[list[str]]:

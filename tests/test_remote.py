@@ -15,7 +15,7 @@ from shardgan import sources
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
-from shardgan.quality import load_real_images
+from shardgan.evaluate import load_real_images
 
 from .conftest import PYTHON, build_dataset
 from .http_server import serve
@@ -132,6 +132,7 @@ def test_s3_shards_from_a_local_s3_server_equal_local_files(dataset, s3_endpoint
         make_loader("s3://frames/packed/nope/train-000000.tar", cache_dir=str(tmp_path), **FAST)
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_training_from_http_killed_and_resumed_on_a_cold_cache_equals_local_disk(tiny_shards, straight, tmp_path):
     """`straight` trained from local files; this run streams over http with faults, is killed
@@ -152,6 +153,7 @@ def test_training_from_http_killed_and_resumed_on_a_cold_cache_equals_local_disk
     assert_same_final(straight, run)
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_torchrun_ranks_over_http_equal_local_files_and_share_each_download(dataset, server, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the ranks' default cache directory lands here

@@ -58,6 +58,7 @@ def test_rollback_moves_newer_aside_and_the_same_command_does_not_repeat_it(
     assert len(list((run / "checkpoints").glob("abandoned-*"))) == 1
 
 
+@pytest.mark.multiproc
 def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, straight: Path, tmp_path: Path) -> None:
     """No run.name: the run is named after the config file. Ctrl-C reaches the whole foreground
     process group, DataLoader workers included; the stop message prints the command to rerun."""
@@ -82,6 +83,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_a_rank_that_cannot_read_rank0s_checkpoint_stops_every_rank(tiny_shards: Path, tmp_path: Path) -> None:
     """Two 'nodes' (one torchrun each, own working directory) with a node-local run.root=runs:

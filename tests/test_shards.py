@@ -16,13 +16,13 @@ from shardgan.shards import (
     IMAGE_FORMATS,
     Sample,
     decode_image,
+    decode_sample,
     encode_image,
     read_sample,
     sample_key,
     write_shard,
 )
-
-from .conftest import game_frame
+from shardgan.synthetic import game_frame
 
 
 def _samples(n: int, fmt: str, channels: int = 3) -> list[Sample]:
@@ -61,6 +61,17 @@ def test_offsets_give_each_sample_with_one_read(tmp_path):
             members = read_sample(f, info.offsets[i], info.offsets[i + 1])
             assert members["__key__"] == sample_key(i)
             np.testing.assert_array_equal(decode_image(members["npy"], "raw", 14, 22, 1), game_frame(i, 22, 14)[:, :, :1])
+
+
+def test_decode_sample_finds_the_image_member_of_the_format(tmp_path):
+    info = write_shard(tmp_path / "s.tar", _samples(2, "png"), "png")
+    with open(tmp_path / "s.tar", "rb") as f:
+        members = read_sample(f, info.offsets[1], info.offsets[2])
+    np.testing.assert_array_equal(decode_sample(members, "png", 14, 22, 3), game_frame(1, 22, 14))
+    with pytest.raises(ValueError, match=r"^no \.npy member$"):
+        decode_sample(members, "raw", 14, 22, 3)
+    with pytest.raises(ValueError, match="expected"):
+        decode_sample(members, "png", 22, 14, 3)
 
 
 def test_tar_tool_lists_members(tmp_path):

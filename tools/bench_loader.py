@@ -52,16 +52,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from shardgan.augment import augment  # noqa: E402
-from shardgan.config import DataConfig  # noqa: E402
-from shardgan.loader import ShardLoader  # noqa: E402
-from shardgan.manifest import Manifest, SplitInfo, load_manifest  # noqa: E402
-from shardgan.pack import PackOptions, pack_dataset  # noqa: E402
-from shardgan.shards import EXTENSIONS, decode_image  # noqa: E402
-from tests.conftest import game_frame  # noqa: E402
+from shardgan.augment import augment
+from shardgan.config import DataConfig
+from shardgan.loader import ShardLoader
+from shardgan.manifest import Manifest, SplitInfo, load_manifest
+from shardgan.frames import FrameSpec
+from shardgan.pack import PackOptions, pack_dataset
+from shardgan.shards import EXTENSIONS, decode_image
+from shardgan.synthetic import game_frame
 
 WIDTH, HEIGHT = 88, 66
 FORMATS = ("png", "raw")
@@ -72,7 +70,6 @@ import numpy as np
 from PIL import Image
 from litdata import optimize, StreamingDataset, StreamingDataLoader
 
-sys.path.insert(0, {root!r})
 from shardgan.manifest import load_manifest
 from shardgan.shards import read_sample
 
@@ -158,7 +155,7 @@ def prepare_data(work: Path, frames_n: int, epoch_samples: int, cores: int) -> d
         if shards[fmt].is_dir():
             continue
         print(f"packing to {WIDTH}x{HEIGHT} {fmt} ...", flush=True)
-        options = PackOptions(WIDTH, HEIGHT, image_format=fmt, samples_per_shard=128, blank_threshold=0)
+        options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=fmt, samples_per_shard=128, blank_threshold=0)
         pack_dataset(work / "frames", work / f"packed_{fmt}", options, log=lambda line: None)
         replicate(work / f"packed_{fmt}", shards[fmt], epoch_samples)
     return shards
@@ -230,7 +227,7 @@ def litdata_loader(shards: Path, out: Path, image_format: str, workers: int, bat
     except ImportError:
         return None
     script = out.with_suffix(".py")  # a file, not -c: litdata's workers are spawned and re-import it
-    script.write_text(LITDATA_SCRIPT.format(root=str(ROOT), fmt=image_format, ext=EXTENSIONS[image_format], h=HEIGHT, w=WIDTH))
+    script.write_text(LITDATA_SCRIPT.format(fmt=image_format, ext=EXTENSIONS[image_format], h=HEIGHT, w=WIDTH))
     done = subprocess.run([sys.executable, str(script), str(shards), str(out), str(workers), str(batch_size)], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"litdata run failed: {done.stderr[-2000:]}")

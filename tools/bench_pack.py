@@ -1,6 +1,6 @@
 """Benchmark `shardgan pack` against the one-core bound and (if installed) litdata's optimize().
 
-Generates seed-like 640x480 PNG frames, then measures in one run, for PNG and raw storage
+Generates game-like 640x480 PNG frames (shardgan.synthetic), then measures in one run, for PNG and raw storage
 at 88x66: (a) the bound, one core's plain decode+resize+encode loop, and the same loop in
 a plain process pool over all cores (what the cores give together); (b) `shardgan pack`
 with 1 worker and with all workers (and any `--workers` counts); (c) litdata `optimize()`
@@ -31,13 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from shardgan.frames import REDUCING_GAP, RESAMPLE  # noqa: E402
-from shardgan.pack import PackOptions, PackSummary, pack_dataset  # noqa: E402
-from shardgan.shards import encode_image  # noqa: E402
-from tests.conftest import write_frames  # noqa: E402
+from shardgan.frames import REDUCING_GAP, RESAMPLE, FrameSpec
+from shardgan.pack import PackOptions, PackSummary, pack_dataset
+from shardgan.shards import encode_image
+from shardgan.synthetic import write_frames
 
 WIDTH, HEIGHT = 88, 66
 FORMATS = ("png", "raw")
@@ -52,7 +49,6 @@ import numpy as np
 from PIL import Image
 from litdata import optimize
 
-sys.path.insert(0, {root!r})
 from shardgan.shards import encode_image
 
 def encode(path):
@@ -93,7 +89,7 @@ def parallel_bound(files: list[Path], image_format: str, workers: int) -> float:
 
 def shardgan_pack(src: Path, dst: Path, image_format: str, workers: int, summaries: list[PackSummary]) -> float:
     shutil.rmtree(dst, ignore_errors=True)
-    options = PackOptions(WIDTH, HEIGHT, image_format=image_format, shard_size_bytes=64 * 10**6)
+    options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=image_format, shard_size_bytes=64 * 10**6)
     start = time.perf_counter()
     summaries.append(pack_dataset(src, dst, options, workers=workers, log=lambda line: None))
     return summaries[-1].inputs / (time.perf_counter() - start)
@@ -104,7 +100,7 @@ def litdata_optimize(src: Path, dst: Path, image_format: str, workers: int) -> f
     (under -c they fail to unpickle it, and optimize() still returns, having written nothing)."""
     shutil.rmtree(dst, ignore_errors=True)
     script = dst.with_name("litdata_optimize.py")
-    script.write_text(LITDATA_SCRIPT.format(root=str(ROOT), w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers))
+    script.write_text(LITDATA_SCRIPT.format(w=WIDTH, h=HEIGHT, fmt=image_format, workers=workers))
     out = subprocess.run([sys.executable, str(script), str(src), str(dst)], capture_output=True, text=True, check=True).stdout
     seconds = float(next(line.split()[1] for line in out.splitlines() if line.startswith("SECONDS")))
     num_frames = len(list(src.rglob("*.png")))

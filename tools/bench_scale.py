@@ -35,11 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from shardgan.manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest  # noqa: E402
-from shardgan.plan import RankPlan, epoch_order  # noqa: E402
+from shardgan.manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
+from shardgan.plan import RankPlan, epoch_order
 
 BATCH_SIZE = 128
 SAMPLE_BYTES = 3 * 1024  # a 88x66 PNG sample, header and padding included

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from shardgan import checkpoint as ckpt
-from shardgan.generate import generator_from_state
-from shardgan.quality import SWD_MODES, SlicedWasserstein, generate_images, load_real_images
+from shardgan.config import DataConfig
+from shardgan.evaluate import load_real_images
+from shardgan.generate import generate_images, generator_from_state
+from shardgan.quality import SWD_MODES, SlicedWasserstein
 
 
 def pick_checkpoint(run: Path, step: int | None, best: bool) -> Path:
@@ -40,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    real = load_real_images(args.shards, args.num_images)
+    real = load_real_images(DataConfig(shards=args.shards), args.num_images)
     metrics = {mode: SlicedWasserstein.with_mode(real, mode) for mode in args.modes.split(",")}
     rows = []
     for run in args.runs:

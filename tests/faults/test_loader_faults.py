@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..conftest import build_dataset, game_frame
+from ..conftest import build_dataset
 from ..test_loader import make_loader
 from ..test_loader_ddp import run_torchrun
 from shardgan.errors import CorruptSampleError, DataError
+from shardgan.synthetic import game_frame
 
 SIZES = [7, 13, 5, 20]
 
@@ -130,6 +131,7 @@ def test_missing_shard_directory_is_an_error_at_start_up(tmp_path):
         make_loader(tmp_path / "nope")
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_torchrun_ranks_stay_in_step_over_a_corrupt_shard(tmp_path):
     build_dataset(tmp_path / "shards", [11, 4, 17, 9])
@@ -160,6 +162,7 @@ print("done", type(kept[0]).__name__, flush=True)
 """
 
 
+@pytest.mark.multiproc
 def test_a_process_whose_epoch_ended_early_still_exits(tmp_path):
     """DataLoader workers ignore SIGTERM (preemption is the trainer's), so multiprocessing's exit-time
     terminate() cannot stop them: the loader must stop its workers itself, or the process hangs."""

@@ -25,12 +25,13 @@ from shardgan.errors import DataError
 from shardgan.frames import Frame, FrameSpec, load_frames
 from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions, pack_dataset, read_chunk_records
+from shardgan.synthetic import game_frame, write_frames
 
-from ..conftest import PYTHON, ROOT, game_frame, write_frames
+from ..conftest import PYTHON, ROOT
 from ..test_frames import png_bomb
 from ..test_pack import _cli_error, pack, tree_bytes
 
-KILL_OPTIONS = PackOptions(40, 30, samples_per_shard=6, val=4)
+KILL_OPTIONS = PackOptions(FrameSpec(40, 30), samples_per_shard=6, val=4)
 KILL_ARGS = ["--size", "40x30", "--samples-per-shard", "6", "--val", "4", "--workers", "2"]
 # The real CLI, with each chunk and shard task slowed down so a kill can land in a chosen phase.
 SLOW_PACK = """
@@ -82,6 +83,7 @@ def _assert_nothing_partial(dst: Path, reference: dict[str, bytes]) -> None:
         assert (dst / "manifest.json").read_bytes() == reference["manifest.json"]
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_kill_9_at_several_points_then_rerun_is_byte_identical(tmp_path: Path) -> None:
     write_frames(tmp_path / "src", 48)
@@ -96,6 +98,7 @@ def test_kill_9_at_several_points_then_rerun_is_byte_identical(tmp_path: Path) -
     assert tree_bytes(dst) == reference
 
 
+@pytest.mark.multiproc
 @pytest.mark.soak
 @pytest.mark.parametrize("attempt", range(20))
 def test_kill_9_at_random_moments_soak(tmp_path: Path, attempt: int) -> None:
@@ -186,7 +189,7 @@ def test_junk_folder_packs_the_good_and_lists_every_bad_input(tmp_path: Path, mo
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     monkeypatch.setattr(shardgan.pack, "scan", scan_then_delete)
     lines: list[str] = []
-    pack_dataset(src, tmp_path / "dst", PackOptions(40, 30), workers=1, log=lines.append)
+    pack_dataset(src, tmp_path / "dst", PackOptions(FrameSpec(40, 30)), workers=1, log=lines.append)
     manifest = load_manifest(tmp_path / "dst")
     skipped = {s["path"]: s["reason"] for s in manifest.skipped}
     assert sorted(skipped) == sorted(expected)
@@ -258,7 +261,7 @@ def test_pack_of_corrupted_files_accounts_for_every_input(tmp_path_factory: pyte
     for i, (kind, data) in enumerate(cases):
         (root / "src" / f"bad{i}.{kind}").write_bytes(data)
         bad.append(f"bad{i}.{kind}")
-    pack(root / "src", root / "dst", PackOptions(32, 24, blank_threshold=0))
+    pack(root / "src", root / "dst", PackOptions(FrameSpec(32, 24), blank_threshold=0))
     manifest = load_manifest(root / "dst")
     packed = {m["src"] for m in _metas(root / "dst")}
     skipped = {s["path"] for s in manifest.skipped}
@@ -323,6 +326,7 @@ def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, mo
     assert not (tmp_path / "dst" / ".work").exists()  # nothing was encoded
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_ctrl_c_during_pack_is_one_line_exit_130_and_the_rerun_goes_on(tmp_path: Path) -> None:
     """Ctrl-C reaches the whole process group (pack and its pool workers), as in a terminal."""

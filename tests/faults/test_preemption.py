@@ -18,6 +18,8 @@ import pytest
 from tests.faults.test_train_faults import INJECT
 from tests.trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, process_tree, torchrun_args, wait_for, worker_pids
 
+pytestmark = pytest.mark.multiproc  # every test here starts Python processes
+
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGUSR1": signal.SIGUSR1}
 DELIVERIES = ("job", "torchrun", "rank")
 MOMENTS = ("first-batches", "mid-epoch", "in-write")

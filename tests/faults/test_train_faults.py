@@ -67,6 +67,7 @@ def resumed_steps(run: Path) -> list[int]:
     return [int(s) for s in re.findall(r"resumed from \S+ at step (\d+) \(", log.read_text())] if log.exists() else []
 
 
+@pytest.mark.multiproc
 @pytest.mark.slow
 def test_torchrun_restarts_after_sigkill_and_kill_inside_checkpoint_write(tiny_shards: Path, straight_ddp: Path, tmp_path: Path) -> None:
     """Attempt 0: rank 1 gets SIGKILL after a checkpoint. Attempt 1: rank 0 dies inside its first
@@ -89,6 +90,7 @@ def kill_plan(attempt: int) -> list[tuple[str, int, int, float]]:
     return [(rng.choice(["between", "write"]), rng.randrange(2), rng.randint(1, 3 - i), rng.uniform(0.0, 0.2)) for i in range(kills)]
 
 
+@pytest.mark.multiproc
 @pytest.mark.soak
 @pytest.mark.parametrize("attempt", range(10))
 def test_sigkill_random_rank_at_random_moments_soak(tiny_shards: Path, straight_ddp: Path, tmp_path: Path, attempt: int) -> None:

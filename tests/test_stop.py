@@ -1,0 +1,67 @@
+"""Stop signals: the trainer's flag catches them, a forked DataLoader worker ignores them, and the
+resume hint is the command line that started the run."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import shardgan.stop
+from shardgan.stop import STOP_SIGNALS, StopFlag, blocked, ignore_in_worker, launch_command
+
+
+def test_the_flag_records_the_first_stop_signal_and_restores_the_handlers() -> None:
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    flag = StopFlag()
+    with flag.installed():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)  # a copy of the request: the first one counts
+        assert flag.signum == signal.SIGUSR1 and flag.name == "SIGUSR1"
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    assert StopFlag().name == ""
+
+
+def test_a_second_ctrl_c_after_the_repeat_window_interrupts_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    flag = StopFlag()
+    with flag.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # within the window: the same request, arriving twice
+        assert flag.signum == signal.SIGINT
+        monkeypatch.setattr(shardgan.stop, "REPEAT_WINDOW_S", -1.0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _worker() -> None:
+    ignore_in_worker()
+    os.kill(os.getpid(), signal.SIGTERM)  # would kill the process if not ignored
+    sys.exit(7)
+
+
+def test_a_worker_forked_while_blocked_ignores_the_stop_signals() -> None:
+    with blocked():
+        process = multiprocessing.get_context("fork").Process(target=_worker)
+        process.start()
+    process.join(30)
+    assert process.exitcode == 7, "the worker died of SIGTERM"
+
+
+def test_the_resume_hint_is_the_command_line_that_started_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import time; print(1, flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code, "data.shards=my shards"], stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()  # running its own command line now
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+        monkeypatch.setattr(os, "getpid", lambda: child.pid)
+        assert launch_command() == f"python -c '{code}' 'data.shards=my shards'"
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # a torchrun worker: its parent's command line
+        monkeypatch.setattr(os, "getppid", lambda: child.pid)
+        assert launch_command().startswith("python -c ")
+    finally:
+        child.kill()
+        child.wait()

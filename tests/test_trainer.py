@@ -1,0 +1,110 @@
+"""What is trained: models, optimizers and noise built from the seed alone, derived generators that
+never share a state, the finite check's timing, and the size check between shards and model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from shardgan.config import Config
+from shardgan.distributed import DistInfo
+from shardgan.errors import ConfigError
+from shardgan.trainer import (
+    AUGMENT,
+    DIFF_AUGMENT,
+    NOISE,
+    NUM_FIXED_NOISE,
+    FiniteCheck,
+    build_trainer,
+    derived_generator,
+    open_loader,
+    total_steps,
+)
+from tests.conftest import build_dataset
+
+ALONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+def tiny_config(**model: int) -> Config:
+    cfg = Config()
+    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 24, 16, 8, 4, 4
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+def test_the_same_seed_builds_the_same_trainer_without_global_seeding() -> None:
+    cfg = tiny_config()
+    torch.manual_seed(1)
+    a = build_trainer(cfg, ALONE)
+    torch.manual_seed(2)
+    b = build_trainer(cfg, ALONE)
+    assert all(torch.equal(x, y) for x, y in zip(a.g.state_dict().values(), b.g.state_dict().values()))
+    assert torch.equal(a.fixed_noise, b.fixed_noise) and a.fixed_noise.shape == (NUM_FIXED_NOISE, 8, 1, 1)
+    cfg.train.seed, cfg.train.ema_decay = 1, 0.0
+    c = build_trainer(cfg, ALONE)
+    assert not torch.equal(c.fixed_noise, a.fixed_noise) and c.ema is None and c.sampler is c.g
+    assert a.sampler is a.ema.model
+
+
+def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
+    cfg = tiny_config()
+    fixed = build_trainer(cfg, ALONE).fixed_noise.flatten(1)  # (64, nz)
+    seeds = {derived_generator(0, r, s, k).initial_seed() for r in range(16) for s in range(4) for k in (NOISE, AUGMENT, DIFF_AUGMENT)}
+    assert len(seeds) == 16 * 4 * 3
+    for rank in range(16):
+        z = torch.randn(8, cfg.model.nz, generator=derived_generator(0, rank, 0, NOISE))
+        assert not torch.equal(z, fixed[:8]), f"fixed noise equals rank {rank}'s training noise at step 0"
+
+
+def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:
+    ok = {"loss_d": torch.tensor(1.0), "loss_g": torch.tensor(0.5)}
+    bad = {"loss_d": torch.tensor(float("nan")), "loss_g": torch.tensor(0.5)}
+    lagged = FiniteCheck(lagged=True)
+    assert lagged.push(1, ok) is None and lagged.push(2, bad) is None and lagged.push(3, ok) == 2
+    assert lagged.push(4, bad) is None and lagged.now() == 4 and lagged.now() is None
+    assert FiniteCheck(lagged=False).push(7, bad) == 7
+
+
+def test_precision_and_wrapping_on_the_cpu() -> None:
+    cfg = tiny_config()
+    t = build_trainer(cfg, ALONE)
+    t.wrap()
+    assert t.g_run is t.g and t.d_run is t.d_frozen is t.d  # one process: no DDP
+    assert not t.finite.lagged and t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
+    with t.autocast():
+        assert not torch.is_autocast_enabled("cpu")  # auto on the CPU: fp32
+    cfg.train.precision = "bf16"
+    with t.autocast():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
+    build_dataset(tmp_path / "shards", [10, 6], width=24, height=16)
+    cfg = tiny_config()
+    cfg.data.shards, cfg.data.batch_size = str(tmp_path / "shards"), 4
+    loader = open_loader(cfg, ALONE)
+    assert total_steps(cfg, loader) == cfg.train.epochs * 4  # 16 samples: 4 batches per epoch
+    cfg.train.max_steps = 7
+    assert total_steps(cfg, loader) == 7
+    taller = tiny_config(height=20)
+    taller.data = cfg.data
+    with pytest.raises(ConfigError, match=r"model is 24x20x3 but the shards in .* are 24x16x3; set model.width/height/channels"):
+        open_loader(taller, ALONE)
+
+
+@pytest.mark.gpu
+def test_a_cuda_trainer_steps_in_bf16_channels_last_and_reads_its_finite_flag_late() -> None:
+    from shardgan.train import train_step
+
+    cfg = tiny_config()
+    world = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
+    t = build_trainer(cfg, world)
+    t.wrap()
+    assert t.finite.lagged and t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
+    images = torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8)
+    stats = train_step(t, images)
+    assert all(torch.isfinite(v).all() for v in stats.values()) and stats["loss_d"].is_cuda
+    assert t.finite.push(0, stats) is None and t.finite.now() is None  # finite, read one step late
