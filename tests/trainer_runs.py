@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -61,6 +62,18 @@ def train_args(shards: Path, run: Path, *extra: str) -> list[str]:
 def train_inprocess(shards: Path, run: Path, *extra: str) -> int:
     with one_thread():
         return main(["train", *train_args(shards, run, *extra)])
+
+
+def refused_resume(shards: Path, straight: Path, run: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:
+    """Resume a copy of the straight run with `extra`, which must be refused: exit 2, one
+    `error:` line (returned), and no checkpoint written or removed."""
+    shutil.copytree(straight, run)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert train_inprocess(shards, run, *extra, "train.max_steps=50") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    return err
 
 
 def newest(run: Path) -> dict[str, Any]:
