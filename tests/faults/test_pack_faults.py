@@ -329,8 +329,10 @@ def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, mo
 @pytest.mark.multiproc
 @pytest.mark.slow
 def test_ctrl_c_during_pack_is_one_line_exit_130_and_the_rerun_goes_on(tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group (pack and its pool workers), as in a terminal."""
-    write_frames(tmp_path / "src", 48)
+    """Ctrl-C reaches the whole process group (pack and its pool workers), as in a terminal.
+    96 frames (12 slowed chunks): the interrupt lands with most of the encoding still to do,
+    also when the chunk renames lag behind the workers."""
+    write_frames(tmp_path / "src", 96)
     pack(tmp_path / "src", tmp_path / "reference", KILL_OPTIONS)
     dst = tmp_path / "dst"
     proc = subprocess.Popen([PYTHON, "-c", SLOW_PACK, str(tmp_path / "src"), str(dst), *KILL_ARGS], cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
