@@ -214,6 +214,11 @@ class EMA:
             ema_param.lerp_(param, 1.0 - self.decay)
         self.fresh = False
 
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the averaged weights; their BatchNorm statistics are recomputed at the next read."""
+        self.model.load_state_dict(state)
+        self.fresh = False
+
     @property
     def averaged(self) -> nn.Module:
         """The averaged model in eval mode, its BatchNorm statistics those of its own weights."""

@@ -218,7 +218,7 @@ def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) 
     t.g.load_state_dict(state[ckpt.G])
     t.d.load_state_dict(state[ckpt.D])
     if t.ema is not None:
-        t.ema.model.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])
+        t.ema.load_state_dict(state[ckpt.EMA] if state[ckpt.EMA] is not None else state[ckpt.G])
     optim = t.cfg.optim
     for opt, lr, saved in ((t.opt_g, optim.lr_g, state[ckpt.OPT_G]), (t.opt_d, optim.lr_d, state[ckpt.OPT_D])):
         opt.load_state_dict(saved)

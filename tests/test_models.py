@@ -107,3 +107,7 @@ def test_ema_batchnorm_statistics_belong_to_the_averaged_weights() -> None:
         torch.testing.assert_close(first_norm.running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(first_norm.running_mean, g.main[1].running_mean, atol=1e-3)
         assert first_norm.momentum == g.main[1].momentum  # restored after the cumulative average
+    ema.load_state_dict(g.state_dict())  # G's weights with G's statistics: recomputed at the next read
+    with torch.no_grad():
+        features = ema.averaged.main[0](noise)
+    torch.testing.assert_close(ema.averaged.main[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
