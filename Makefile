@@ -16,8 +16,12 @@ SIZE ?= 64x48
 VAL ?= 256
 DEMO_FRAMES := data/demo_frames
 DEMO_STAMP := $(VENV)/.demo-installed
+FFCV_VENV := .venv-ffcv
+FFCV_PY := $(FFCV_VENV)/bin/python
+FFCV_STAMP := $(FFCV_VENV)/.installed
+FFCV_APT := pkg-config libturbojpeg0-dev libopencv-dev
 
-.PHONY: venv test test-fast train bench soak clean
+.PHONY: venv ffcv-venv test test-fast train bench soak clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,12 +53,34 @@ $(DEMO_STAMP): pyproject.toml constraints.txt $(STAMP)
 soak: $(STAMP)
 	$(PY) -m pytest -q -m soak
 
-# litdata (the `bench` extra) is the peer the benchmarks compare against.
+# litdata (the `bench` extra) and FFCV (ffcv-venv; bench_loader says so if it could not be built) are the peers.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	-$(MAKE) ffcv-venv
 	$(PY) tools/bench_pack.py
 	$(PY) tools/bench_loader.py
+	$(PY) tools/bench_peers.py
 	$(PY) tools/bench_train.py
 
+# FFCV (tools/bench_loader.py's peer) needs numpy<2: its own venv, seeing $(VENV)'s torch through a .pth after its own site-packages.
+$(FFCV_STAMP): | $(STAMP)
+	dpkg -s $(FFCV_APT) >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends $(FFCV_APT); } \
+		|| { echo "ffcv-venv: could not install $(FFCV_APT) (needs root and apt); FFCV's C extension builds against them" >&2; exit 1; }
+	test -x $(FFCV_PY) || $(PYTHON) -m venv $(FFCV_VENV)
+	rm -f $(FFCV_VENV)/lib/python*/site-packages/zz-main-venv-torch.pth
+	$(FFCV_PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(FFCV_PY) -m pip install --quiet 'numpy==1.26.4' 'opencv-python-headless==4.10.0.84' 'numba==0.60.0' \
+		terminaltables fastargs assertpy psutil tqdm Pillow
+	$(FFCV_PY) -m pip install --quiet --no-deps pytorch_pfn_extras
+	$(FFCV_PY) -m pip install --quiet --no-deps --no-build-isolation 'ffcv==1.0.2' \
+		|| { echo "ffcv-venv: ffcv 1.0.2 did not build (check pkg-config --libs opencv4 libturbojpeg)" >&2; exit 1; }
+	$(FFCV_PY) -c "import os, sys, sysconfig; own = sysconfig.get_path('purelib'); main = os.path.join(os.path.abspath('$(VENV)'), os.path.relpath(own, sys.prefix)); \
+		print(os.path.relpath(main, own), file=open(os.path.join(own, 'zz-main-venv-torch.pth'), 'w'))"
+	$(FFCV_PY) -c "import importlib.metadata as m, numpy, torch, ffcv, cv2; assert numpy.__version__ < '2', numpy.__version__; torch.from_numpy(numpy.arange(3)).sum().item(); print('ffcv', m.version('ffcv'), 'numpy', numpy.__version__, 'torch', torch.__version__)" \
+		|| { echo "ffcv-venv: import numpy, torch, ffcv failed in $(FFCV_VENV) (torch comes from $(VENV); make venv first)" >&2; exit 1; }
+	touch $@
+
+ffcv-venv: $(FFCV_STAMP)
+
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) $(FFCV_VENV) data

@@ -39,7 +39,7 @@ class DataConfig:
     cache_limit: str = "0"
     """Evict least-recently-used cached shards past this size, e.g. "200GB" or "500MB"; "0": never."""
     prefetch_shards: int = 2
-    """Remote shards each worker downloads ahead of the one it is reading."""
+    """Remote shards each rank's loader downloads ahead of the one it is reading."""
     fetch_attempts: int = 5
     """Tries per download of a shard or manifest before a one-line error names its URL."""
     fetch_backoff_s: float = 1.0
@@ -51,7 +51,7 @@ class DataConfig:
     batch_size: int = 128
     """Per-rank batch size; the global batch is batch_size * world_size."""
     num_workers: int = 2
-    """DataLoader worker processes per rank."""
+    """Reading threads per rank (they live as long as the loader; 0: read in the training thread)."""
     seed: int = 0
     """Seeds the epoch plan (shard and sample order)."""
     on_corrupt: str = "skip"
@@ -59,7 +59,9 @@ class DataConfig:
     pin_memory: bool = True
     """Page-locked batches for faster host-to-GPU copies (CUDA only)."""
     prefetch_factor: int = 4
-    """Batches each DataLoader worker prepares ahead."""
+    """Batches each reading thread prepares ahead (each is a pre-allocated buffer, reused)."""
+    decode_device: str = "cpu"
+    """cpu, or cuda: JPEG shards are decoded on the GPU by nvjpeg, the CPU only reads bytes."""
     translate_px: int = 2
     """Random translation of up to this many pixels (the original project's Resize(+2) + RandomCrop)."""
     color_jitter: float = 0.05
@@ -75,6 +77,7 @@ class DataConfig:
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
         _check(self.prefetch_factor >= 1, "data.prefetch_factor must be >= 1")
+        _check(self.decode_device in ("cpu", "cuda"), "data.decode_device must be 'cpu' or 'cuda'")
         _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
         _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")
         _check(self.fetch_backoff_s >= 0 and self.fetch_timeout_s > 0, "data.fetch_backoff_s must be >= 0, data.fetch_timeout_s > 0")

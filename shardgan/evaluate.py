@@ -15,7 +15,7 @@ from . import checkpoint as ckpt
 from .config import Config, DataConfig, config_from_dict
 from .errors import CheckpointError
 from .generate import generate_images, generator_from_state
-from .loader import sample_images
+from .reader import sample_images
 from .quality import FidKid, SlicedWasserstein, inception_features
 from .rundir import RunDir, append_metrics
 

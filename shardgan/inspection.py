@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import DataError
-from .loader import ShardReader, ShardSource, load_samples
+from .reader import ShardReader, load_samples
+from .source import ShardSource
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, load_manifest, sha256_file
 from .shards import decode_sample, read_sample
 from .viz import save_grid

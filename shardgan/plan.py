@@ -8,8 +8,7 @@ size or worker count (as in MosaicML streaming), so a position is one number,
 Global batch g covers order[g*B*W : (g+1)*B*W]; rank r takes the r-th slice of B.
 Every rank therefore gets exactly the same number of batches, however unequal the
 shards, and the only samples left out are a remainder smaller than one global batch.
-Inside a rank, DataLoader worker w produces batches w, w+K, w+2K, ... (the
-DataLoader's round-robin), counted from the point the iterator started.
+Which reading thread fills a batch does not matter: its content depends only on its number.
 """
 
 from __future__ import annotations
@@ -62,7 +61,3 @@ class RankPlan:
         """Positions in the epoch order of this rank's `batch`-th batch (counted from samples_seen)."""
         start = self.samples_seen + batch * self.global_batch + self.rank * self.batch_size
         return slice(start, start + self.batch_size)
-
-    def worker_batches(self, worker: int, num_workers: int) -> range:
-        """Batch numbers worker `worker` of `num_workers` produces, in DataLoader round-robin order."""
-        return range(worker, self.num_batches, max(1, num_workers))

@@ -1,10 +1,9 @@
-"""Preemption signals: the trainer catches them, DataLoader workers ignore them.
+"""Preemption signals: the trainer catches them and stops at a step boundary with a checkpoint.
 
 A cluster stops a job by signalling its whole process group (torchrun does so for each
-worker, SLURM for each job step), so DataLoader workers receive SIGTERM too. A worker that
-dies of it takes the batch in flight with it and the trainer fails before its stop
-checkpoint. So workers are forked with the stop signals blocked, set them to SIG_IGN
-first thing, and are stopped by their parent when the trainer's loop ends.
+worker, SLURM for each job step). The loader reads on threads, not worker processes, so
+there is no child to die of the signal mid-batch: Python runs the handler in the main
+thread, and the reading threads finish the batch they are on.
 """
 
 from __future__ import annotations
@@ -57,24 +56,6 @@ class StopFlag:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def blocked() -> Iterator[None]:
-    """Hold the stop signals while child processes are forked: children inherit the blocked mask
-    (so none can die of a signal before `ignore_in_worker` runs); the parent gets them afterwards."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def ignore_in_worker(worker_id: int = 0) -> None:
-    """DataLoader `worker_init_fn`: ignore the stop signals (pending ones are dropped), then unblock."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def launch_command() -> str:

@@ -263,3 +263,21 @@ def test_an_epoch_over_10000_shards_fits_in_256_open_files(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     keys = json.loads(done.stdout)
     assert len(keys) == 10_000 and set(keys) == {sample_key(i) for i in range(10_000)}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_batch_stays_valid_until_two_more_are_taken(dataset, num_workers):
+    """Batches are views of a reused ring of buffers: the one in use and the one before it hold."""
+    loader = make_loader(dataset, batch_size=3, num_workers=num_workers, prefetch_factor=1)
+    previous = None
+    for batch in loader:
+        for held in (batch, previous):
+            for image, key in zip(held["image"] if held else [], held["key"] if held else []):
+                np.testing.assert_array_equal(image.numpy(), game_frame(int(key), 16, 12).transpose(2, 0, 1))
+        previous = batch
+
+
+def test_gpu_decoding_is_refused_where_it_cannot_run(tmp_path):
+    build_dataset(tmp_path, [8])
+    with pytest.raises(DataError, match="data.decode_device=cuda decodes JPEG shards on the training GPU; here the shards are png and the device is cpu"):
+        make_loader(tmp_path, decode_device="cuda")

@@ -20,7 +20,7 @@ from shardgan.loader import ShardLoader
 
 dist.init_process_group("gloo")
 shards, out = sys.argv[1], sys.argv[2]
-loader = ShardLoader(DataConfig(shards=shards, batch_size=3, num_workers=1, pin_memory=False))  # rank/world from dist
+loader = ShardLoader(DataConfig(shards=shards, batch_size=3, num_workers=1, pin_memory=False), rank=dist.get_rank(), world_size=dist.get_world_size())
 keys = []
 for batch in loader:
     dist.all_reduce(torch.ones(1))  # a collective per step, as DDP does: a rank that ran out would hang here

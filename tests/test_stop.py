@@ -1,9 +1,8 @@
-"""Stop signals: the trainer's flag catches them, a forked DataLoader worker ignores them, and the
-resume hint is the command line that started the run."""
+"""Stop signals: the trainer's flag catches them, and the resume hint is the command line that
+started the run."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import sys
 import pytest
 
 import shardgan.stop
-from shardgan.stop import STOP_SIGNALS, StopFlag, blocked, ignore_in_worker, launch_command
+from shardgan.stop import STOP_SIGNALS, StopFlag, launch_command
 
 
 def test_the_flag_records_the_first_stop_signal_and_restores_the_handlers() -> None:
@@ -35,20 +34,6 @@ def test_a_second_ctrl_c_after_the_repeat_window_interrupts_at_once(monkeypatch:
         monkeypatch.setattr(shardgan.stop, "REPEAT_WINDOW_S", -1.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
-
-
-def _worker() -> None:
-    ignore_in_worker()
-    os.kill(os.getpid(), signal.SIGTERM)  # would kill the process if not ignored
-    sys.exit(7)
-
-
-def test_a_worker_forked_while_blocked_ignores_the_stop_signals() -> None:
-    with blocked():
-        process = multiprocessing.get_context("fork").Process(target=_worker)
-        process.start()
-    process.join(30)
-    assert process.exitcode == 7, "the worker died of SIGTERM"
 
 
 def test_the_resume_hint_is_the_command_line_that_started_the_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,419 +1,278 @@
-"""Benchmark shardgan's loader against the original project's pipeline, plain webdataset, litdata and the bound.
+"""Benchmark shardgan's loader at the hardware limit: against FFCV and two bounds, in one run.
 
-Generates 640x480 PNG frames like the original project's (~280 KB), packs them to 88x66
-with `shardgan pack` (PNG and raw), and replicates the packed shards (hard links) to
-make an epoch long enough to time. Then, in one run, with the same worker count and
-batch size for all, it prints steady-state samples/s (the first batch, i.e. worker
-start-up, is excluded everywhere) for:
+The same distinct game frames (shardgan.synthetic) are written, at each size, as shardgan
+shards (raw, jpg, png; pack's writer) and as FFCV .beton files (raw, jpg), and every contender
+reads whole epochs of them from the page cache with the same batch size and thread count:
 
-  (a) original: torchvision ImageFolder over the 640x480 PNGs, Resize + RandomCrop +
-      ColorJitter + ToTensor + Normalize, in a DataLoader (includes augmentation);
-  (b) shardgan ShardLoader, PNG and raw shards: uint8 (B, C, H, W) batches; "+aug" also
-      runs shardgan.augment on the CPU in the main process (what the original project's figure includes);
-  (c) plain webdataset: WebDataset + shuffle(1000) + decode("rgb8") + batched, same shards;
-  (d) litdata StreamingDataset + StreamingDataLoader over the same samples written with its
-      optimize() (own subprocess; skipped when litdata is not installed);
-  (e) the bound: one process reading the tars and decoding in a plain loop;
+  shardgan  ShardLoader, `--workers` reading threads, uint8 (B, C, H, W) batches;
+  ffcv      ffcv.loader.Loader, `--workers` threads, RANDOM order (its own venv:
+            `make ffcv-venv`; skipped with a line saying why where it cannot be built);
+  memcpy    one process copying the stored pixel bytes of each batch into a batch buffer
+            (np.take from one in-memory array): what reading raw samples cannot beat per core;
+  decode    one process decoding the stored bytes of each batch in a plain loop, with the
+            decoder the loader uses: what reading compressed samples cannot beat per core.
 
-and the time to the first batch after a restore at 0% and at 90% of an epoch.
+Rounds interleave the contenders (this machine is shared and noisy), each round one epoch of
+each, after an untimed warm-up epoch (FFCV's compiles its pipeline); figures are medians.
+Also: the time to the first batch of a new loader, one restored at 0 % and at 90 % of an
+epoch, and a per-sample profile of the raw path. The last line is one JSON object with the
+figures, each target and whether it was met.
 
-Over http (a `python -m http.server` on 127.0.0.1 serving the PNG epoch), interleaved over
---http-rounds rounds, medians of whole-epoch samples/s (downloads included):
-
-  (f) shardgan, cold cache (emptied before each round): fetch + verify + prefetch + read;
-  (g) shardgan, warm cache: every shard already on this node;
-  (h) plain webdataset over the same URLs (its default: a curl pipe per shard), as (c);
-  (i) shardgan over the same shards as local files, the reference for (g).
-
-Ratios follow; the last line is one JSON object.
-
-    .venv/bin/python tools/bench_loader.py [--quick] [--workers 2] [--only-http]
+    .venv/bin/python tools/bench_loader.py [--frames 12000] [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import shutil
-import socket
 import statistics
 import subprocess
-import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
-from shardgan.augment import augment
 from shardgan.config import DataConfig
 from shardgan.loader import ShardLoader
-from shardgan.manifest import Manifest, SplitInfo, load_manifest
-from shardgan.frames import FrameSpec
-from shardgan.pack import PackOptions, pack_dataset
-from shardgan.shards import EXTENSIONS, decode_image
+from shardgan.manifest import Manifest, SplitInfo
+from shardgan.plan import epoch_order
+from shardgan.reader import ShardReader
+from shardgan.shards import Sample, decode_image, encode_image, sample_key, write_shard
+from shardgan.source import resolve_source
 from shardgan.synthetic import game_frame
 
-WIDTH, HEIGHT = 88, 66
-FORMATS = ("png", "raw")
-
-LITDATA_SCRIPT = """
-import io, sys, time
-import numpy as np
-from PIL import Image
-from litdata import optimize, StreamingDataset, StreamingDataLoader
-
-from shardgan.manifest import load_manifest
-from shardgan.shards import read_sample
-
-FMT, EXT = {fmt!r}, {ext!r}
-
-def encode(item):
-    path, start, end = item
-    with open(path, "rb") as f:
-        data = read_sample(f, start, end)[EXT]
-    if FMT == "png":
-        return {{"image": data}}
-    return {{"image": np.frombuffer(data, np.uint8, offset=len(data) - {h} * {w} * 3).reshape({h}, {w}, 3).copy()}}
-
-class PngDataset(StreamingDataset):
-    def __getitem__(self, index):
-        item = super().__getitem__(index)
-        if FMT == "png":
-            item["image"] = np.asarray(Image.open(io.BytesIO(item["image"])).convert("RGB"))
-        return item
-
-
-if __name__ == "__main__":
-    shards, out, workers, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    manifest = load_manifest(shards)
-    items = [(str(manifest.shard_path(s)), s.offsets[i], s.offsets[i + 1])
-             for s in manifest.split("train").shards for i in range(s.num_samples)]
-    optimize(fn=encode, inputs=items, output_dir=out, num_workers=workers, chunk_bytes="8MB", mode="overwrite", verbose=False)
-    loader = StreamingDataLoader(PngDataset(out, shuffle=True), batch_size=batch, num_workers=workers)
-    count, first = 0, None
-    for batch_ in loader:
-        if first is None:
-            first = time.perf_counter()
-        else:
-            count += len(batch_["image"])
-    print("SPS", count / (time.perf_counter() - first))
-"""
+ROOT = Path(__file__).resolve().parents[1]
+FFCV_PYTHON = ROOT / ".venv-ffcv" / "bin" / "python"
+SIZES = ((88, 66), (64, 48))
+FORMATS = ("raw", "jpg", "png")
+FFCV_FORMATS = ("raw", "jpg")
+QUALITY = 90
+SAMPLES_PER_SHARD = 1000
+TARGETS = {  # name: (what, threshold, higher is better)
+    "raw_vs_ffcv": ("shardgan raw / FFCV raw", 1.0, True),
+    "jpg_vs_ffcv": ("shardgan jpg / FFCV jpg", 0.8, True),
+    "png_vs_workers_x_decode": ("shardgan png / (workers x one-process decode bound)", 0.9, True),
+    "raw_vs_workers_x_memcpy": ("shardgan raw / (workers x one-process memcpy bound)", 0.5, True),
+    "restore_90_vs_0": ("first batch of a restore at 90 % / at 0 %", 1.2, False),
+}
 
 
 # -- data -----------------------------------------------------------------------------------
 
 
-def original_like_frame(index: int) -> Image.Image:
-    """A 640x480 game-like frame whose PNG is ~280 KB, like the original project's (a smooth upscale)."""
-    return Image.fromarray(game_frame(index, 160, 120)).resize((640, 480), Image.Resampling.BILINEAR)
-
-
-def write_original_frame(args: tuple[Path, int]) -> None:
-    directory, index = args
-    path = directory / f"run{index % 3}" / f"frame_{index:05d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    original_like_frame(index).save(path, compress_level=1)
-
-
-def write_frames(directory: Path, count: int, workers: int) -> None:
-    with multiprocessing.Pool(workers) as pool:
-        pool.map(write_original_frame, [(directory, i) for i in range(count)])
-
-
-def replicate(packed: Path, out: Path, epoch_samples: int) -> Manifest:
-    """Hard-link the packed shards repeatedly into `out` until the train split has >= epoch_samples."""
-    manifest = load_manifest(packed)
-    base = manifest.split("train").shards
-    copies = -(-epoch_samples // sum(s.num_samples for s in base))
-    out.mkdir(parents=True)
-    shards = []
-    for n in range(copies * len(base)):
-        shard = replace(base[n % len(base)], name=f"train-{n:06d}.tar")
-        os.link(packed / base[n % len(base)].name, out / shard.name)
-        shards.append(shard)
-    replicated = replace(manifest, splits={"train": SplitInfo(shards)}, root=out)
-    replicated.write(out)
-    return replicated
-
-
-def prepare_data(work: Path, frames_n: int, epoch_samples: int, cores: int) -> dict[str, Path]:
-    """Frames, packed shards and replicated epochs under `work` (kept there when --work is given)."""
-    if not (work / "frames").is_dir():
-        print(f"generating {frames_n} 640x480 PNG frames ...", flush=True)
-        write_frames(work / "frames", frames_n, cores)
-    shards = {}
+def write_data(work: Path, frames_n: int, width: int, height: int) -> dict[str, Path]:
+    """frames.npy (for FFCV) and one shard directory per format, written once per size."""
+    base = work / f"{width}x{height}_{frames_n}"
+    out = {"frames": base / "frames.npy", **{fmt: base / fmt for fmt in FORMATS}}
+    if all((out[fmt] / "manifest.json").exists() for fmt in FORMATS) and out["frames"].exists():
+        return out
+    print(f"writing {frames_n} frames at {width}x{height} as raw, jpg and png shards ...", flush=True)
+    base.mkdir(parents=True, exist_ok=True)
+    frames = np.stack([game_frame(i, width, height) for i in range(frames_n)])
+    np.save(out["frames"], frames)
     for fmt in FORMATS:
-        shards[fmt] = work / f"epoch_{fmt}"
-        if shards[fmt].is_dir():
-            continue
-        print(f"packing to {WIDTH}x{HEIGHT} {fmt} ...", flush=True)
-        options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=fmt, samples_per_shard=128, blank_threshold=0)
-        pack_dataset(work / "frames", work / f"packed_{fmt}", options, log=lambda line: None)
-        replicate(work / f"packed_{fmt}", shards[fmt], epoch_samples)
-    return shards
+        infos = []
+        for n, start in enumerate(range(0, frames_n, SAMPLES_PER_SHARD)):
+            samples = [Sample(sample_key(i), encode_image(frames[i], fmt, QUALITY), {"src": f"frame_{i:06d}.png"})
+                       for i in range(start, min(frames_n, start + SAMPLES_PER_SHARD))]
+            infos.append(write_shard(out[fmt] / f"train-{n:06d}.tar", samples, fmt))
+        Manifest(width, height, 3, fmt, {"train": SplitInfo(infos)}, root=out[fmt]).write(out[fmt])
+    return out
 
 
-# -- timing ---------------------------------------------------------------------------------
+def stored_images(shards: Path) -> tuple[list[bytes], tuple[int, int, int], str]:
+    """Every sample's stored image bytes, in memory (what the bounds work from)."""
+    source = resolve_source(DataConfig(shards=str(shards)), "train")
+    reader = ShardReader(source)
+    positions = np.concatenate([np.stack([np.full(s.num_samples, k), np.arange(s.num_samples)], 1) for k, s in enumerate(source.shards)])
+    _, images, corrupt = reader.encoded(positions)
+    assert not corrupt
+    reader.close()
+    return images, reader.shape, source.manifest.image_format
 
 
-def steady_rate(batches: Iterable, size_of=len, max_samples: int | None = None) -> float:
-    """Samples/s after the first batch (worker start-up excluded)."""
-    count, first = 0, None
-    for batch in batches:
-        if first is None:
-            first = time.perf_counter()
-            continue
-        count += size_of(batch)
-        if max_samples is not None and count >= max_samples:
-            break
-    return count / (time.perf_counter() - first)
+# -- contenders -------------------------------------------------------------------------------
 
 
-def original_pipeline(frames: Path, workers: int, batch_size: int) -> float:
-    from torchvision import datasets, transforms
-
-    transform = transforms.Compose([
-        transforms.Resize((HEIGHT + 2, WIDTH + 2)),
-        transforms.RandomCrop((HEIGHT, WIDTH)),
-        transforms.ColorJitter(0.05, 0.05, 0.05),
-        transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
-    dataset = datasets.ImageFolder(str(frames), transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
-    return steady_rate(loader, lambda b: len(b[0]))
+def loader_epoch(loader: ShardLoader) -> float:
+    """Samples/s over one whole epoch of a loader that already ran its warm-up epoch."""
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += len(batch["key"])
+    return count / (time.perf_counter() - start)
 
 
-def data_config(shards: Path, workers: int, batch_size: int) -> DataConfig:
-    return DataConfig(shards=str(shards), batch_size=batch_size, num_workers=workers, pin_memory=False)
+def memcpy_epoch(payloads: np.ndarray, batch_size: int, seed: int) -> float:
+    """One process, one C copy per batch: random samples' pixel bytes into a batch buffer."""
+    order = np.random.default_rng(seed).permutation(len(payloads))
+    out = np.empty((batch_size, payloads.shape[1]), np.uint8)
+    start = time.perf_counter()
+    for lo in range(0, len(order) - batch_size + 1, batch_size):
+        np.take(payloads, order[lo : lo + batch_size], axis=0, out=out)
+    return (len(order) // batch_size * batch_size) / (time.perf_counter() - start)
 
 
-def shardgan_loader(shards: Path, workers: int, batch_size: int, with_augment: bool = False) -> float:
-    cfg = data_config(shards, workers, batch_size)
-    loader = ShardLoader(cfg)
-    if not with_augment:
-        return steady_rate(loader, lambda b: len(b["key"]))
-    generator = torch.Generator().manual_seed(0)
-    return steady_rate((augment(b["image"], cfg, generator) for b in loader))
+def decode_epoch(images: list[bytes], shape: tuple[int, int, int], image_format: str, batch_size: int, seed: int) -> float:
+    """One process, a plain loop: decode random samples' stored bytes into a batch buffer."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    out = np.empty((batch_size, *shape), np.uint8)
+    start = time.perf_counter()
+    for lo in range(0, len(order) - batch_size + 1, batch_size):
+        for j, i in enumerate(order[lo : lo + batch_size].tolist()):
+            decode_image(images[i], image_format, *shape, out=out[j])
+    return (len(order) // batch_size * batch_size) / (time.perf_counter() - start)
 
 
-def plain_webdataset(shards: Path, image_format: str, workers: int, batch_size: int) -> float:
-    import webdataset as wds
-
-    urls = [str(p) for p in sorted(shards.glob("train-*.tar"))]
-    ext = EXTENSIONS[image_format]
-    dataset = (
-        wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
-        .shuffle(1000)
-        .decode("rgb8")
-        .to_tuple(ext)
-        .batched(batch_size, partial=False)
-    )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
-    return steady_rate(loader, lambda b: len(b[0]))
-
-
-def litdata_loader(shards: Path, out: Path, image_format: str, workers: int, batch_size: int) -> float | None:
-    try:
-        import litdata  # noqa: F401
-    except ImportError:
-        return None
-    script = out.with_suffix(".py")  # a file, not -c: litdata's workers are spawned and re-import it
-    script.write_text(LITDATA_SCRIPT.format(fmt=image_format, ext=EXTENSIONS[image_format], h=HEIGHT, w=WIDTH))
-    done = subprocess.run([sys.executable, str(script), str(shards), str(out), str(workers), str(batch_size)], capture_output=True, text=True)
+def ffcv_epochs(frames: Path, fmt: str, work: Path, batch_size: int, workers: int, epochs: int) -> dict | str:
+    """FFCV in its own venv (tools/ffcv_peer.py); a string says why it could not run."""
+    if not FFCV_PYTHON.exists():
+        return "not built (make ffcv-venv)"
+    cmd = [str(FFCV_PYTHON), str(ROOT / "tools" / "ffcv_peer.py"), "--frames", str(frames), "--format", fmt, "--quality", str(QUALITY),
+           "--work", str(work), "--batch-size", str(batch_size), "--threads", str(workers), "--epochs", str(epochs)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"litdata run failed: {done.stderr[-2000:]}")
-    return float(next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("SPS")))
+        return f"failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bound_loop(shards: Path, image_format: str, batch_size: int, max_samples: int) -> float:
-    """One process, no framework: read the tars in order, decode, stack batches."""
-    ext = "." + EXTENSIONS[image_format]
-
-    def batches() -> Iterable[np.ndarray]:
-        images = []
-        for path in sorted(shards.glob("train-*.tar")):
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if member.name.endswith(ext):
-                        images.append(decode_image(tar.extractfile(member).read(), image_format, HEIGHT, WIDTH, 3))
-                        if len(images) == batch_size:
-                            yield np.stack(images)
-                            images = []
-
-    return steady_rate(batches(), max_samples=max_samples)
+# -- latency ------------------------------------------------------------------------------------
 
 
-def restore_seconds(cfg: DataConfig, fraction: float, trials: int = 3) -> float:
-    """Median time from building a loader + loading a state at `fraction` of an epoch to its first batch."""
+def first_batch_s(cfg: DataConfig, fraction: float | None, trials: int = 5) -> float:
+    """Median seconds from a new loader (restored at `fraction` of an epoch) to its first batch."""
     times = []
     for _ in range(trials):
         start = time.perf_counter()
         loader = ShardLoader(cfg)
-        state = loader.state_dict()
-        global_batch = loader.global_batch
-        state["samples_seen"] = int(fraction * loader.batches_per_epoch) * global_batch
-        loader.load_state_dict(state)
-        it = iter(loader)
-        next(it)
+        if fraction is not None:
+            state = loader.state_dict()
+            state["samples_seen"] = int(fraction * loader.batches_per_epoch) * loader.global_batch
+            loader.load_state_dict(state)
+        next(iter(loader))
         times.append(time.perf_counter() - start)
-        it.close()
+        loader.close()
     return statistics.median(times)
 
 
-# -- over http ------------------------------------------------------------------------------
+def raw_profile(shards: Path, batch_size: int) -> dict[str, float]:
+    """Microseconds per sample on one thread: the plan's slicing, the read (layout lookup,
+    checks, the copy) and the loader's hand-over, each measured alone over one epoch."""
+    cfg = DataConfig(shards=str(shards), batch_size=batch_size, num_workers=0, pin_memory=False)
+    loader = ShardLoader(cfg)
+    loader_epoch(loader)  # warm-up: layouts derived, pages mapped
+    n = loader.batches_per_epoch * batch_size
+    order = epoch_order([s.num_samples for s in loader.source.shards], 0, 0)
+    start = time.perf_counter()
+    batches = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
+    plan_us = (time.perf_counter() - start) / n * 1e6
+    reader, out = loader._reader, np.empty((batch_size, *ShardReader(loader.source).shape), np.uint8)
+    start = time.perf_counter()
+    for positions in batches:
+        reader.read_batch(positions, out)
+    read_us = (time.perf_counter() - start) / n * 1e6
+    loader_us = 1e6 / loader_epoch(loader)
+    return {"plan_us": plan_us, "read_us": read_us, "hand_over_us": max(0.0, loader_us - read_us - plan_us), "total_us": loader_us}
 
 
-def epoch_rate(batches: Iterable, size_of) -> float:
-    """Samples/s over a whole epoch, the first batch (and its downloads) included."""
-    start, count = time.perf_counter(), 0
-    for batch in batches:
-        count += size_of(batch)
-    return count / (time.perf_counter() - start)
-
-
-def serve_http(directory: Path) -> tuple[subprocess.Popen, str]:
-    """A stdlib file server on 127.0.0.1 in its own process (not competing for this one's GIL)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("http.server did not start")
-
-
-def http_rows(shards: Path, workers: int, batch_size: int, rounds: int, cache: Path) -> dict[str, float]:
-    """Rows (f)-(i), interleaved over rounds so drifting machine load hits all three alike."""
-    names = sorted(p.name for p in shards.glob("train-*.tar"))
-    proc, base = serve_http(shards)
-    try:
-        pattern = f"{base}/train-{{{names[0][6:12]}..{names[-1][6:12]}}}.tar"
-        cfg = replace(data_config(shards, workers, batch_size), shards=pattern, cache_dir=str(cache))
-        rates: dict[str, list[float]] = {"http_cold": [], "http_warm": [], "wds_http": [], "local": []}
-        for _ in range(rounds):
-            shutil.rmtree(cache, ignore_errors=True)
-            rates["http_cold"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
-            rates["http_warm"].append(epoch_rate(ShardLoader(cfg), lambda b: len(b["key"])))
-            rates["wds_http"].append(webdataset_http(base, names, workers, batch_size))
-            rates["local"].append(epoch_rate(ShardLoader(data_config(shards, workers, batch_size)), lambda b: len(b["key"])))
-        out = {f"{row}_sps": statistics.median(values) for row, values in rates.items()}
-        out["restore_0_http_s"] = restore_seconds(cfg, 0.0)  # warm cache
-        out["restore_90_http_s"] = restore_seconds(cfg, 0.9)
-    finally:
-        proc.kill()
-        proc.wait()
-    return out
-
-
-def webdataset_http(base: str, names: list[str], workers: int, batch_size: int) -> float:
-    import webdataset as wds
-
-    urls = [f"{base}/{name}" for name in names]
-    dataset = (
-        wds.WebDataset(urls, shardshuffle=len(urls), empty_check=False)
-        .shuffle(1000)
-        .decode("rgb8")
-        .to_tuple("png")
-        .batched(batch_size, partial=False)
-    )
-    return epoch_rate(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers), lambda b: len(b[0]))
-
-
-# -- main -----------------------------------------------------------------------------------
+# -- main -----------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer frames and a shorter epoch")
-    parser.add_argument("--frames", type=int, default=512, help="640x480 frames to generate")
-    parser.add_argument("--epoch-samples", type=int, default=8192, help="packed samples per timed epoch (shards replicated)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--http-rounds", type=int, default=3, help="interleaved rounds of the http rows (medians)")
-    parser.add_argument("--only-http", action="store_true", help="only the http rows (f)-(i)")
-    parser.add_argument("--work", help="keep generated frames and shards here and reuse them (default: a temp dir)")
+    parser.add_argument("--frames", type=int, default=12_000, help="distinct frames per size (an epoch)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--workers", type=int, default=2, help="reading threads for shardgan and FFCV")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--work", help="keep the data here and reuse it (default: a temp dir)")
     args = parser.parse_args()
-    frames_n, epoch_samples = (384, 4096) if args.quick else (args.frames, args.epoch_samples)
     workers, batch = args.workers, args.batch_size
-    r: dict[str, object] = {"frames": frames_n, "epoch_samples": epoch_samples, "workers": workers, "batch_size": batch,
-                            "cores": len(os.sched_getaffinity(0)), "size": f"{WIDTH}x{HEIGHT}"}
+    r: dict[str, object] = {"frames": args.frames, "workers": workers, "batch_size": batch, "rounds": args.rounds, "cores": len(os.sched_getaffinity(0))}
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp_name:
-        tmp = Path(args.work or tmp_name) / f"{frames_n}_{epoch_samples}"
-        shards = prepare_data(tmp, frames_n, epoch_samples, r["cores"])
-        if not args.only_http:
-            r["original_sps"] = original_pipeline(tmp / "frames", workers, batch)
-            print(f"(a) original ImageFolder pipeline (incl. augment): {r['original_sps']:9.0f} samples/s", flush=True)
-        for fmt in FORMATS if not args.only_http else ():
-            r[f"shardgan_{fmt}_sps"] = shardgan_loader(shards[fmt], workers, batch)
-            r[f"shardgan_{fmt}_aug_sps"] = shardgan_loader(shards[fmt], workers, batch, with_augment=True)
-            r[f"wds_{fmt}_sps"] = plain_webdataset(shards[fmt], fmt, workers, batch)
-            r[f"litdata_{fmt}_sps"] = litdata_loader(shards[fmt], Path(tmp_name) / f"litdata_{fmt}", fmt, workers, batch)
-            r[f"bound_{fmt}_sps"] = bound_loop(shards[fmt], fmt, batch, max_samples=epoch_samples // 2)
-            print(f"(b) shardgan {fmt}: {r[f'shardgan_{fmt}_sps']:9.0f} samples/s (uint8 batches); "
-                  f"+ CPU augment: {r[f'shardgan_{fmt}_aug_sps']:9.0f}", flush=True)
-            print(f"(c) plain webdataset {fmt}: {r[f'wds_{fmt}_sps']:9.0f} samples/s", flush=True)
-            lit = r[f"litdata_{fmt}_sps"]
-            print(f"(d) litdata {fmt}: " + ("skipped (not installed; pip install '.[bench]')" if lit is None else f"{lit:9.0f} samples/s"), flush=True)
-            print(f"(e) bound {fmt} (1 process, plain loop): {r[f'bound_{fmt}_sps']:9.0f} samples/s", flush=True)
-        if not args.only_http:
-            r["restore_0_s"] = restore_seconds(data_config(shards["png"], workers, batch), 0.0)
-            r["restore_90_s"] = restore_seconds(data_config(shards["png"], workers, batch), 0.9)
-            print(f"time to first batch after restore: at 0% {r['restore_0_s']:.3f} s, at 90% {r['restore_90_s']:.3f} s", flush=True)
-        r.update(http_rows(shards["png"], workers, batch, args.http_rounds, Path(tmp_name) / "cache"))
-        print(f"(f) shardgan png over http, cold cache: {r['http_cold_sps']:9.0f} samples/s (median of {args.http_rounds})", flush=True)
-        print(f"(g) shardgan png over http, warm cache: {r['http_warm_sps']:9.0f} samples/s", flush=True)
-        print(f"(h) plain webdataset png over http:     {r['wds_http_sps']:9.0f} samples/s", flush=True)
-        print(f"(i) shardgan png, local files:          {r['local_sps']:9.0f} samples/s", flush=True)
-        print(f"time to first batch after restore over http (warm): at 0% {r['restore_0_http_s']:.3f} s, "
-              f"at 90% {r['restore_90_http_s']:.3f} s", flush=True)
-
-    ratios = http_ratio_lines(r) if args.only_http else {**ratio_lines(r, workers), **http_ratio_lines(r)}
-    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in {**r, **ratios}.items()}, sort_keys=True))
-
-
-def ratio_lines(r: dict, workers: int) -> dict[str, float | None]:
-    """Print the ratios the issue sets targets for; return them for the JSON line."""
-    fastest = max(FORMATS, key=lambda f: r[f"shardgan_{f}_sps"])
-    ratios: dict[str, float | None] = {}
-    for fmt in FORMATS:
-        ours = r[f"shardgan_{fmt}_sps"]
-        ratios[f"{fmt}_vs_wds"] = ours / r[f"wds_{fmt}_sps"]
-        ratios[f"{fmt}_vs_workers_x_bound"] = ours / (workers * r[f"bound_{fmt}_sps"])
-        lit = r[f"litdata_{fmt}_sps"]
-        ratios[f"{fmt}_vs_litdata"] = None if lit is None else ours / lit
-        print(f"[{fmt}] shardgan / plain webdataset = {ratios[f'{fmt}_vs_wds']:.2f}x (target >= 1.2); "
-              f"/ ({workers} x bound) = {ratios[f'{fmt}_vs_workers_x_bound']:.2f} (target >= 0.8); "
-              + ("litdata skipped" if lit is None else f"/ litdata = {ratios[f'{fmt}_vs_litdata']:.2f}x (target >= 1.0)"))
-    ratios["fastest_vs_original"] = r[f"shardgan_{fastest}_sps"] / r["original_sps"]
-    ratios["fastest_aug_vs_original"] = r[f"shardgan_{fastest}_aug_sps"] / r["original_sps"]
-    ratios["restore_90_vs_0"] = r["restore_90_s"] / r["restore_0_s"]
-    print(f"shardgan {fastest} / original pipeline = {ratios['fastest_vs_original']:.1f}x, with CPU augment "
-          f"{ratios['fastest_aug_vs_original']:.1f}x (target >= 50)")
-    print(f"restore at 90% / at 0% = {ratios['restore_90_vs_0']:.2f} (target <= 1.5)")
-    return ratios
+        work = Path(args.work or tmp_name)
+        for width, height in SIZES:
+            size = f"{width}x{height}"
+            data = write_data(work, args.frames, width, height)
+            loaders = {fmt: ShardLoader(DataConfig(shards=str(data[fmt]), batch_size=batch, num_workers=workers, pin_memory=False)) for fmt in FORMATS}
+            for loader in loaders.values():
+                loader_epoch(loader)  # warm-up
+            stored = {fmt: stored_images(data[fmt]) for fmt in FORMATS}
+            payloads = np.stack([np.frombuffer(b, np.uint8)[-int(np.prod(stored["raw"][1])):] for b in stored["raw"][0]])
+            rates: dict[str, list[float]] = {}
+            ffcv_notes: dict[str, str] = {}
+            for round_ in range(args.rounds):
+                for fmt in FORMATS:
+                    rates.setdefault(f"shardgan_{fmt}", []).append(loader_epoch(loaders[fmt]))
+                    if fmt in FFCV_FORMATS:
+                        got = ffcv_epochs(data["frames"], fmt, work / f"ffcv_{size}", batch, workers, epochs=1)
+                        if isinstance(got, str):
+                            ffcv_notes[fmt] = got
+                        else:
+                            rates.setdefault(f"ffcv_{fmt}", []).append(got["median"])
+                            r[f"ffcv_{fmt}_first_epoch_sps_{size}"] = got["first_epoch"]
+                            r["ffcv_version"] = got.get("ffcv")
+                    if fmt == "raw":
+                        rates.setdefault("memcpy_raw", []).append(memcpy_epoch(payloads, batch, round_))
+                    else:
+                        rates.setdefault(f"decode_{fmt}", []).append(decode_epoch(*stored[fmt], batch, round_))
+                print(f"  {size} round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
+            for name, values in rates.items():
+                r[f"{name}_sps_{size}"] = statistics.median(values)
+            for fmt, note in ffcv_notes.items():
+                print(f"FFCV {fmt} at {size}: skipped, {note}")
+                r[f"ffcv_{fmt}_sps_{size}"] = None
+            for loader in loaders.values():
+                loader.close()
+            if (width, height) == SIZES[0]:
+                cfg = DataConfig(shards=str(data["raw"]), batch_size=batch, num_workers=workers, pin_memory=False)
+                r["first_batch_new_s"] = first_batch_s(cfg, None)
+                r["restore_0_s"] = first_batch_s(cfg, 0.0)
+                r["restore_90_s"] = first_batch_s(cfg, 0.9)
+                r.update({f"profile_raw_{k}": v for k, v in raw_profile(data["raw"], batch).items()})
+                r["bytes_per_sample"] = {fmt: sum(s.num_bytes for s in resolve_source(DataConfig(shards=str(data[fmt])), "train").shards) / args.frames for fmt in FORMATS}
+        report(r, workers)
 
 
-def http_ratio_lines(r: dict) -> dict[str, float]:
-    ratios = {"http_cold_vs_wds_http": r["http_cold_sps"] / r["wds_http_sps"], "http_warm_vs_wds_http": r["http_warm_sps"] / r["wds_http_sps"],
-              "http_warm_vs_local": r["http_warm_sps"] / r["local_sps"], "restore_90_vs_0_http": r["restore_90_http_s"] / r["restore_0_http_s"]}
-    print(f"[http] shardgan cold cache / plain webdataset = {ratios['http_cold_vs_wds_http']:.2f}x, warm cache / plain webdataset = "
-          f"{ratios['http_warm_vs_wds_http']:.2f}x, warm cache / local files = {ratios['http_warm_vs_local']:.2f}; "
-          f"restore at 90% / at 0% = {ratios['restore_90_vs_0_http']:.2f}")
-    return ratios
+def report(r: dict, workers: int) -> None:
+    """The table, the ratios against their targets (at the first size), and the JSON line."""
+    for width, height in SIZES:
+        size = f"{width}x{height}"
+        print(f"\n{size}, {r['frames']} samples an epoch, batch {r['batch_size']}, {workers} threads, medians of {r['rounds']} rounds (samples/s):")
+        for fmt in FORMATS:
+            ffcv = r.get(f"ffcv_{fmt}_sps_{size}")
+            bound = r[f"memcpy_raw_sps_{size}"] if fmt == "raw" else r[f"decode_{fmt}_sps_{size}"]
+            print(f"  {fmt:4s} shardgan {r[f'shardgan_{fmt}_sps_{size}']:>10,.0f}   FFCV "
+                  + (f"{ffcv:>10,.0f}" if ffcv else f"{'-':>10s}") + f"   one-process {'memcpy' if fmt == 'raw' else 'decode'} bound {bound:>10,.0f}")
+    size = f"{SIZES[0][0]}x{SIZES[0][1]}"
+    ffcv_raw, ffcv_jpg = r.get(f"ffcv_raw_sps_{size}"), r.get(f"ffcv_jpg_sps_{size}")
+    ratios = {
+        "raw_vs_ffcv": r[f"shardgan_raw_sps_{size}"] / ffcv_raw if ffcv_raw else None,
+        "jpg_vs_ffcv": r[f"shardgan_jpg_sps_{size}"] / ffcv_jpg if ffcv_jpg else None,
+        "png_vs_workers_x_decode": r[f"shardgan_png_sps_{size}"] / (workers * r[f"decode_png_sps_{size}"]),
+        "raw_vs_workers_x_memcpy": r[f"shardgan_raw_sps_{size}"] / (workers * r[f"memcpy_raw_sps_{size}"]),
+        "restore_90_vs_0": r["restore_90_s"] / r["restore_0_s"],
+    }
+    print(f"\ntargets at {size}:")
+    met = {}
+    for name, (what, threshold, higher) in TARGETS.items():
+        value = ratios[name]
+        met[name] = None if value is None else (value >= threshold if higher else value <= threshold)
+        verdict = "not measured (FFCV skipped)" if value is None else ("met" if met[name] else "MISSED")
+        print(f"  {what}: " + ("-" if value is None else f"{value:.2f}") + f" (target {'>=' if higher else '<='} {threshold}) {verdict}")
+    print(f"first batch of a new loader {r['first_batch_new_s'] * 1e3:.1f} ms; restored at 0 % {r['restore_0_s'] * 1e3:.1f} ms, "
+          f"at 90 % {r['restore_90_s'] * 1e3:.1f} ms")
+    print("raw path per sample on one thread: " + ", ".join(f"{k} {r[f'profile_raw_{k}']:.2f} us" for k in ("plan_us", "read_us", "hand_over_us", "total_us")))
+    out = {**r, "ratios": ratios, "targets": {k: {"threshold": t[1], "met": met[k]} for k, t in TARGETS.items()}}
+    print(json.dumps(_rounded(out), sort_keys=True))
+
+
+def _rounded(value: object) -> object:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 if __name__ == "__main__":

@@ -1,0 +1,347 @@
+"""Random access to packed samples: whole batches from memory-mapped shards, into one buffer.
+
+A sample is two tar members at a known byte range [offsets[i], offsets[i+1]) of its shard
+(shards.py). `read_batch` checks both member headers of every sample of the batch at once
+(checksum, type, size, name, layout) with a handful of numpy operations, then copies raw
+pixels with one `np.take` per shard run, or hands each compressed image, zero-copy, to its
+decoder, which writes straight into the batch. No dict, no header parse and no allocation per
+sample. A sample the vectorized check does not pass takes the slow path, the one-sample
+parser of shards.py, which either reads it after all (an unusual layout) or says exactly what
+is wrong: so corrupt samples are reported with the same words as ever, and skipped in step.
+
+Shards are mapped lazily and at most `max_open_files` at a time (least recently used closed
+first), so an epoch over 10,000 shards fits in `ulimit -n`. A shard cut short while mapped
+would raise SIGBUS on access, so each batch first asks the file's current size (one fstat)
+and sends samples past it to the slow path, which reports them truncated.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from .cache import ShardCache
+from .config import DataConfig
+from .errors import CorruptSampleError, DataError
+from .shards import EXTENSIONS, TAR_BLOCK, Layout, decode_image, decode_sample, derive_layout, parse_header, parse_sample
+from .source import ShardSource, build_cache, resolve_source
+
+MAX_OPEN_FILES = 8
+"""Shards mapped per reader: the epoch order walks shards one after another, so a few suffice."""
+
+
+@dataclass(frozen=True)
+class CorruptReport:
+    """A sample that was skipped: where it lives and why."""
+
+    shard: str
+    key: str
+    reason: str
+
+
+class _Mapped:
+    """One open shard: the file (it holds the cache's shared lock) and its bytes, mapped.
+
+    The mapping is private and writable only so that torch can view it without a warning;
+    nothing writes to it, so its pages stay the page cache's.
+    """
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        stat = os.fstat(file.fileno())
+        self.identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if stat.st_size:
+            pages = mmap.mmap(file.fileno(), stat.st_size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            self.bytes = torch.frombuffer(pages, dtype=torch.uint8)
+        else:
+            self.bytes = torch.empty(0, dtype=torch.uint8)
+        self.data = self.bytes.numpy()
+
+    def __del__(self) -> None:  # when the last thread using it lets go, not at eviction
+        self.file.close()
+
+    def size_now(self) -> int:
+        """Bytes readable now: the mapped length, or less if the file was cut short since."""
+        return min(len(self.data), os.fstat(self.file.fileno()).st_size)
+
+    def bytes_at(self, start: int, end: int) -> bytes:
+        """The bytes of [start, end), fewer if the file ends first."""
+        return self.data[start : min(end, self.size_now())].tobytes()
+
+    def rows(self, starts: np.ndarray, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(len(starts), length): the bytes at each start (each must fit), gathered in one call.
+
+        The shard seen as overlapping rows, row k starting at byte k, so index_select copies
+        whole rows in C with the GIL released (numpy's take would first copy the window).
+        """
+        window = self.bytes.as_strided((len(self.bytes) - length + 1, length), (1, 1))
+        index = torch.from_numpy(starts)
+        return torch.index_select(window, 0, index) if out is None else torch.index_select(window, 0, index, out=out)
+
+
+class ShardReader:
+    """Samples and batches of one split, from local shards or the node-local cache's copies.
+
+    Thread-safe: the loader's threads share one reader.
+    """
+
+    def __init__(self, source: ShardSource, cache: ShardCache | None = None, max_open_files: int = MAX_OPEN_FILES):
+        assert (cache is None) == (source.urls is None), "remote shards are read through a cache"
+        self.source = source
+        self.cache = cache
+        self.max_open_files = max_open_files
+        m = source.manifest
+        self.shape = (m.height, m.width, m.channels)
+        self.image_format = m.image_format
+        self.ext = EXTENSIONS[m.image_format].encode()
+        self._maps: OrderedDict[int, _Mapped] = OrderedDict()
+        self._layouts: dict[int, tuple[tuple[int, int, int], Layout]] = {}
+        """Kept for every shard read (~130 bytes a sample), not only the mapped ones."""
+        self._lock = threading.Lock()
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _map(self, shard: int) -> _Mapped:
+        with self._lock:
+            if shard in self._maps:
+                self._maps.move_to_end(shard)
+                return self._maps[shard]
+        mapped = _Mapped(self._open(shard))  # outside the lock: a remote shard may download first
+        with self._lock:
+            if shard in self._maps:  # another thread mapped it meanwhile
+                return self._maps[shard]
+            while len(self._maps) >= self.max_open_files:
+                # A thread still reading the evicted shard keeps it open; it closes after.
+                self._maps.popitem(last=False)
+            self._maps[shard] = mapped
+            return mapped
+
+    def _open(self, shard: int) -> BinaryIO:
+        info = self.source.shards[shard]
+        if self.cache is not None:
+            return self.cache.open(self.source.urls[shard], info)
+        path = self.source.manifest.shard_path(info)
+        try:
+            return open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise DataError(f"shard missing: {path} (it was there at start-up)") from None
+        except OSError as e:
+            raise DataError(f"cannot open shard {path}: {e.strerror}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+    # -- one sample: the reference path -----------------------------------------------------
+
+    def read(self, shard: int, index: int) -> dict[str, bytes]:
+        """The sample's members {"__key__": key, ext: bytes}; CorruptSampleError says why not."""
+        info = self.source.shards[shard]
+        mapped = self._map(shard)
+        start, end = int(info.offsets[index]), int(info.offsets[index + 1])
+        try:
+            return parse_sample(mapped.bytes_at(start, end), start, end)
+        except ValueError as e:
+            raise CorruptSampleError(info.name, _key_at(mapped.bytes_at(start, start + TAR_BLOCK), index), str(e)) from None
+
+    def image(self, shard: int, index: int) -> tuple[str, np.ndarray]:
+        """The sample's key and its decoded image, (H, W, C) uint8; CorruptSampleError says why not."""
+        sample = self.read(shard, index)
+        try:
+            return sample["__key__"], decode_sample(sample, self.image_format, *self.shape)
+        except ValueError as e:
+            raise CorruptSampleError(self.source.shards[shard].name, sample["__key__"], str(e)) from None
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def read_batch(self, positions: np.ndarray, out: np.ndarray, on_corrupt: str = "skip") -> tuple[list[str], list[CorruptReport]]:
+        """Read the samples at `positions` ((B, 2) [shard, index]) into `out` ((B, H, W, C) uint8).
+
+        Returns the keys and the corrupt samples. A corrupt sample's slot is filled with a good
+        sample of the same batch (on_corrupt=skip), so batch shapes and every rank's batch count
+        stay the same; on_corrupt=fail raises its CorruptSampleError.
+        """
+        keys: list[str] = [""] * len(positions)
+        corrupt: list[CorruptReport] = []
+        bad: list[int] = []
+        shards = positions[:, 0]
+        cuts = np.flatnonzero(np.diff(shards)) + 1  # the epoch order keeps a shard's samples together
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(positions)]):
+            slow = self._read_run(int(shards[lo]), positions[lo:hi, 1], out[lo:hi], keys, lo)
+            for j in slow:
+                try:
+                    keys[lo + j], pixels = self.image(int(shards[lo]), int(positions[lo + j, 1]))
+                    np.copyto(out[lo + j], pixels)
+                except CorruptSampleError as e:
+                    if on_corrupt == "fail":
+                        raise
+                    corrupt.append(CorruptReport(e.shard, e.key, e.reason))
+                    bad.append(lo + j)
+        _fill_from_good(out, keys, bad, corrupt)
+        return keys, corrupt
+
+    def encoded(self, positions: np.ndarray) -> tuple[list[str], list[bytes | None], list[CorruptReport]]:
+        """The stored image bytes of the samples at `positions`, undecoded (for a decoder
+        elsewhere: nvjpeg on the GPU, or a benchmark's bound); None where the sample's tar
+        members are unreadable, with its report."""
+        keys: list[str] = []
+        images: list[bytes | None] = []
+        corrupt: list[CorruptReport] = []
+        ext = self.ext.decode()
+        for shard, index in positions.tolist():
+            mapped = self._map(shard)
+            layout = self._layout(shard, mapped)
+            start, size = int(layout.data_start[index]), int(layout.data_size[index])
+            if layout.ok[index] and start + size <= mapped.size_now():
+                keys.append(str(layout.keys[index]))
+                images.append(mapped.data[start : start + size].tobytes())
+                continue
+            try:
+                sample = self.read(shard, index)
+                keys.append(sample["__key__"])
+                images.append(sample[ext] if ext in sample else None)
+                if images[-1] is None:
+                    corrupt.append(CorruptReport(self.source.shards[shard].name, keys[-1], f"no .{ext} member"))
+            except CorruptSampleError as e:
+                keys.append(e.key)
+                images.append(None)
+                corrupt.append(CorruptReport(e.shard, e.key, e.reason))
+        return keys, images, corrupt
+
+    def decode_batch(self, positions: np.ndarray, device: torch.device, on_corrupt: str = "skip") -> tuple[torch.Tensor, list[str], list[CorruptReport]]:
+        """JPEG samples decoded on `device` by torchvision (nvjpeg on CUDA), the CPU only
+        reading their bytes: (B, C, H, W) uint8 there, keys, corrupt samples (handled as in
+        read_batch). One batched call; if it fails, one call per sample finds the bad ones."""
+        keys, encoded, corrupt = self.encoded(positions)
+        bad = [j for j, data in enumerate(encoded) if data is None]
+        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded if data is not None]
+        mode = ImageReadMode.GRAY if self.shape[2] == 1 else ImageReadMode.RGB
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (for torchcodec); the pinned 0.29.1 has them
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                decoded = decode_jpeg(tensors, mode=mode, device=device) if tensors else []
+            except RuntimeError:
+                decoded = [self._decode_one(t, mode, device) for t in tensors]
+        height, width, channels = self.shape
+        images = torch.empty((len(keys), channels, height, width), dtype=torch.uint8, device=device)
+        it = iter(decoded)
+        for j in range(len(keys)):
+            image = None if j in bad else next(it)
+            if image is None or tuple(image.shape) != (channels, height, width):
+                if j not in bad:
+                    shard = self.source.shards[int(positions[j, 0])].name
+                    corrupt.append(CorruptReport(shard, keys[j], "cannot decode jpg" if image is None else f"decoded shape {tuple(image.shape)}"))
+                    bad.append(j)
+                continue
+            images[j] = image
+        if bad and on_corrupt == "fail":
+            raise CorruptSampleError(corrupt[0].shard, corrupt[0].key, corrupt[0].reason)
+        _fill_from_good(images, keys, sorted(bad), corrupt)
+        return images, keys, corrupt
+
+    @staticmethod
+    def _decode_one(data: torch.Tensor, mode: ImageReadMode, device: torch.device) -> torch.Tensor | None:
+        try:
+            return decode_jpeg(data, mode=mode, device=device)
+        except RuntimeError:
+            return None
+
+    def _read_run(self, shard: int, indices: np.ndarray, out: np.ndarray, keys: list[str], first: int) -> list[int]:
+        """Fast path for samples of one shard; returns the run positions left to the slow path."""
+        mapped = self._map(shard)
+        layout = self._layout(shard, mapped)
+        data_start, data_size = layout.data_start[indices], layout.data_size[indices]
+        ok = layout.ok[indices] & (data_start + data_size <= mapped.size_now())
+        keys[first : first + len(indices)] = layout.keys[indices].tolist()
+        good = np.flatnonzero(ok)
+        rest = np.flatnonzero(~ok).tolist()
+        if self.image_format == "raw":
+            self._copy_raw(mapped, data_start[good] + data_size[good], good, out)
+        else:
+            rest += self._decode(mapped, data_start[good], data_size[good], good, out)
+        return sorted(rest)
+
+    def _layout(self, shard: int, mapped: _Mapped) -> Layout:
+        """The shard's layout, derived once per process and file (a replaced file is derived anew)."""
+        with self._lock:
+            identity, layout = self._layouts.get(shard, (None, None))
+        if layout is None or identity != mapped.identity:
+            offsets = np.asarray(self.source.shards[shard].offsets, np.int64)
+            layout = derive_layout(mapped.data, offsets, mapped.size_now(), self.image_format, self.shape)
+            with self._lock:
+                self._layouts[shard] = (mapped.identity, layout)
+        return layout
+
+    def _copy_raw(self, mapped: _Mapped, data_end: np.ndarray, slots: np.ndarray, out: np.ndarray) -> None:
+        size = int(np.prod(self.shape))
+        flat = torch.from_numpy(out).view(len(out), size)
+        if len(slots) == len(out):  # the usual case: straight into the batch
+            mapped.rows(data_end - size, size, out=flat)
+        elif len(slots):
+            flat[torch.from_numpy(slots)] = mapped.rows(data_end - size, size)
+
+    def _decode(self, mapped: _Mapped, data_start: np.ndarray, data_size: np.ndarray, slots: np.ndarray, out: np.ndarray) -> list[int]:
+        """Decode each image straight into its slot; the ones that fail go to the slow path."""
+        failed = []
+        view = memoryview(mapped.data)
+        for j, start, size in zip(slots.tolist(), data_start.tolist(), data_size.tolist()):
+            try:
+                decode_image(view[start : start + size], self.image_format, *self.shape, out=out[j])
+            except ValueError:
+                failed.append(j)  # the slow path decodes it again to say why
+        return failed
+
+
+def _key_at(header: bytes, index: int) -> str:
+    """The key in a sample's first tar header, or `#index` when the header itself is unreadable."""
+    try:
+        return parse_header(header)[0].split(".", 1)[0]
+    except ValueError:
+        return f"#{index}"
+
+
+def _fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt: list[CorruptReport]) -> None:
+    """Overwrite the bad slots with the batch's good samples in turn; all bad -> DataError."""
+    if not bad:
+        return
+    good = sorted(set(range(len(keys))) - set(bad))
+    if not good:
+        shards = sorted({r.shard for r in corrupt})
+        raise DataError(f"every sample of a batch is corrupt (shards {', '.join(shards)}; first: {corrupt[0].key}: {corrupt[0].reason})")
+    for n, j in enumerate(bad):
+        src = good[n % len(good)]
+        images[j] = images[src]
+        keys[j] = keys[src]
+
+
+def load_samples(reader: ShardReader, count: int, seed: int) -> torch.Tensor:
+    """`count` random samples (all, if the split holds fewer) of the reader's split as uint8
+    (N, C, H, W), in split order; the same seed picks the same samples."""
+    sizes = np.array([s.num_samples for s in reader.source.shards])
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(sizes.sum(), size=min(count, int(sizes.sum())), replace=False))
+    starts = np.cumsum(sizes) - sizes
+    shard = np.searchsorted(starts, picks, side="right") - 1
+    images = np.empty((len(picks), *reader.shape), np.uint8)
+    reader.read_batch(np.stack([shard, picks - starts[shard]], axis=1), images, on_corrupt="fail")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def sample_images(cfg: DataConfig, split: str, count: int, seed: int) -> torch.Tensor:
+    """`count` random samples of `split` as uint8 (N, C, H, W), wherever data.shards points
+    (remote shards through the cache): e.g. the real images SWD compares against."""
+    source = resolve_source(cfg, split)
+    reader = ShardReader(source, build_cache(cfg, source))
+    try:
+        return load_samples(reader, count, seed)
+    finally:
+        reader.close()
