@@ -167,7 +167,8 @@ def raw_profile(shards: Path, batch_size: int) -> dict[str, float]:
     start = time.perf_counter()
     batches = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
     plan_us = (time.perf_counter() - start) / n * 1e6
-    reader, out = loader._reader, np.empty((batch_size, *ShardReader(loader.source).shape), np.uint8)
+    reader = loader._reader
+    out = np.empty((batch_size, *reader.shape), np.uint8)
     start = time.perf_counter()
     for positions in batches:
         reader.read_batch(positions, out)
