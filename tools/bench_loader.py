@@ -73,6 +73,7 @@ def write_data(work: Path, frames_n: int, width: int, height: int) -> dict[str, 
     frames = np.stack([game_frame(i, width, height) for i in range(frames_n)])
     np.save(out["frames"], frames)
     for fmt in FORMATS:
+        out[fmt].mkdir(exist_ok=True)
         infos = []
         for n, start in enumerate(range(0, frames_n, SAMPLES_PER_SHARD)):
             samples = [Sample(sample_key(i), encode_image(frames[i], fmt, QUALITY), {"src": f"frame_{i:06d}.png"})
