@@ -51,7 +51,8 @@ class DataConfig:
     batch_size: int = 128
     """Per-rank batch size; the global batch is batch_size * world_size."""
     num_workers: int = 2
-    """Reading threads per rank (they live as long as the loader; 0: read in the training thread)."""
+    """Reading processes per rank for compressed shards (they live as long as the loader; 0: the
+    training thread decodes). Raw shards are always copied in the training thread, faster."""
     seed: int = 0
     """Seeds the epoch plan (shard and sample order)."""
     on_corrupt: str = "skip"
@@ -59,7 +60,7 @@ class DataConfig:
     pin_memory: bool = True
     """Page-locked batches for faster host-to-GPU copies (CUDA only)."""
     prefetch_factor: int = 4
-    """Batches each reading thread prepares ahead (each is a pre-allocated buffer, reused)."""
+    """Batches each reading process prepares ahead (each is a pre-allocated buffer, reused)."""
     decode_device: str = "cpu"
     """cpu, or cuda: JPEG shards are decoded on the GPU by nvjpeg, the CPU only reads bytes."""
     translate_px: int = 2

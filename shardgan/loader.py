@@ -1,13 +1,16 @@
 """The streaming loader: equal batches per rank, exact resume, corrupt samples skipped in step.
 
 The loader follows `plan.RankPlan`: it computes the epoch's global order and this rank's
-batches from the resume point on. Reading threads (`data.num_workers`, living as long as
-the loader) fill a ring of pre-allocated batch buffers (pinned on CUDA), each batch with
-one `ShardReader.read_batch` call: memory-mapped shards, a vectorized header check, raw
-pixels copied in one C loop, compressed images decoded on the threads with the GIL released.
-There is no process boundary to cross and nothing to fork at an epoch start, so an epoch
-boundary costs nothing, and the position is one number, `samples_seen`, checkpointed in
-`state_dict()`. Batch b's content depends only on b, never on which thread read it.
+batches from the resume point on. Reading processes (`data.num_workers`, workers.py, living
+as long as the loader) fill a ring of pre-allocated batch buffers in shared memory (pinned
+on CUDA), each batch with one `ShardReader.read_batch` call: memory-mapped shards, a
+vectorized header check, raw pixels copied in one C loop, compressed images decoded straight
+into the buffer. Only a slot number and the keys cross the process boundary, and nothing is
+forked at an epoch start, so an epoch boundary costs nothing; the position is one number,
+`samples_seen`, checkpointed in `state_dict()`. Batch b's content depends only on b, never on
+which process read it. Raw samples (and num_workers=0) are read in the training thread, one
+index_select per batch that torch's own threads share: a hand-over to another thread or
+process cost more than the copy itself.
 
 Batches are handed out in order, as views of the ring: a batch stays valid until two more
 have been taken (`clone()` it to keep it longer). With `device` set to a CUDA device the
@@ -25,7 +28,6 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ from .errors import DataError
 from .plan import RankPlan, epoch_order
 from .reader import CorruptReport, ShardReader
 from .source import build_cache, resolve_source
+from .workers import ReadingProcesses
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,8 @@ class ShardLoader:
     """Batches of this rank for the rest of the current epoch, with exact save/restore.
 
     The position is (epoch, samples_seen): global samples handed out in this epoch. The order
-    of an epoch depends on neither world size nor thread count, so a restore may change the
-    thread count (exact) or the world size / batch size (elastic: continues at samples_seen,
+    of an epoch depends on neither world size nor worker count, so a restore may change the
+    worker count (exact) or the world size / batch size (elastic: continues at samples_seen,
     nothing repeated or skipped; only the end-of-epoch remainder may differ).
     """
 
@@ -78,12 +81,17 @@ class ShardLoader:
             )
         self._reader = ShardReader(self.source, build_cache(cfg, self.source))
         self._order: tuple[int, np.ndarray] | None = None
-        self._ahead = max(1, cfg.num_workers) * cfg.prefetch_factor if cfg.num_workers > 0 else 0
+        # Chosen by measurement (tools/bench_loader.py): compressed samples decode in the reading
+        # processes; raw ones are copied in this thread, torch's own threads sharing each copy
+        # (a hand-over cost more than the copy); with nvjpeg this thread only reads bytes.
+        self._num_workers = cfg.num_workers if cfg.decode_device == "cpu" and self.manifest.image_format != "raw" else 0
+        self._ahead = self._num_workers * cfg.prefetch_factor
         self._ring: torch.Tensor | None = None
         self._copied: list[torch.cuda.Event | None] = [None] * (self._ahead + HOLD)
-        self._pending: deque[Future] = deque()
-        self._pool = ThreadPoolExecutor(cfg.num_workers, thread_name_prefix="shardgan-read") if cfg.num_workers > 0 else None
-        weakref.finalize(self, _shut_down, self._pool, self._reader)
+        self._pending: deque[int] = deque()
+        """Batches sent to the workers and not yet taken back, by number."""
+        self._workers: ReadingProcesses | None = None
+        self._finalizer = weakref.finalize(self, _shut_down, None, self._reader)
 
     # -- the plan ---------------------------------------------------------------------------
 
@@ -110,23 +118,38 @@ class ShardLoader:
     # -- batches ----------------------------------------------------------------------------
 
     def _buffers(self) -> None:
-        """The ring: (slots, B, H, W, C) uint8, allocated once, pinned when batches go to CUDA."""
-        if self._ring is None:
-            m = self.manifest
-            pin = self.cfg.pin_memory and self.device.type == "cuda"
-            slots = 0 if self.cfg.decode_device == "cuda" else self._ahead + HOLD
-            self._ring = torch.empty((slots, self.cfg.batch_size, m.height, m.width, m.channels), dtype=torch.uint8, pin_memory=pin)
+        """The ring, (slots, B, H, W, C) uint8, allocated once (in shared memory for the reading
+        processes, pinned when batches go to CUDA), and the processes that fill it."""
+        if self._ring is not None or self.cfg.decode_device == "cuda":
+            return
+        m = self.manifest
+        shape = (self._ahead + HOLD, self.cfg.batch_size, m.height, m.width, m.channels)
+        pin = self.cfg.pin_memory and self.device.type == "cuda"
+        if self._num_workers == 0:
+            self._ring = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+            return
+        self._ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        if pin:  # page-lock the shared pages in place, so the copies to the GPU are asynchronous
+            torch.cuda.cudart().cudaHostRegister(self._ring.data_ptr(), self._ring.numel(), 0)
+        source, cfg = self.source, self.cfg
+        self._workers = ReadingProcesses(lambda: ShardReader(source, build_cache(cfg, source)), self._ring, self._num_workers, cfg.on_corrupt)
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _shut_down, self._workers, self._reader)
 
-    def _fill(self, positions: np.ndarray, slot: int) -> tuple[torch.Tensor, list[str], list[CorruptReport]]:
-        """Read one batch (on a reading thread, or inline without threads): into its ring slot,
-        or, with data.decode_device=cuda, straight onto the GPU."""
+    def _read_inline(self, positions: np.ndarray, slot: int) -> tuple[torch.Tensor, list[str], list[CorruptReport]]:
+        """Read one batch in this thread: into its ring slot, or, with data.decode_device=cuda,
+        straight onto the GPU."""
         if self.cfg.decode_device == "cuda":
             return self._reader.decode_batch(positions, self.device, self.cfg.on_corrupt)
-        copied = self._copied[slot]
-        if copied is not None:
-            copied.synchronize()  # the slot's previous batch has reached the GPU
+        self._wait_copied(slot)
         keys, corrupt = self._reader.read_batch(positions, self._ring[slot].numpy(), self.cfg.on_corrupt)
         return self._ring[slot].permute(0, 3, 1, 2), keys, corrupt  # (B, C, H, W) in channels_last memory format
+
+    def _wait_copied(self, slot: int) -> None:
+        """The slot's previous batch has reached the GPU, so the slot may be written again."""
+        copied = self._copied[slot]
+        if copied is not None:
+            copied.synchronize()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The rest of the current epoch; afterwards epoch += 1 and samples_seen = 0."""
@@ -141,16 +164,23 @@ class ShardLoader:
             positions = order[plan.batch_slice(b)]
             if prefetcher is not None:
                 prefetcher.reading(int(positions[0, 0]))
-            self._pending.append(self._pool.submit(self._fill, positions, b % slots))
+            self._wait_copied(b % slots)
+            self._workers.send(b % len(self._workers), b % slots, positions)
+            self._pending.append(b)
 
         try:
             for b in range(min(self._ahead, plan.num_batches)):
                 submit(b)
             for b in range(plan.num_batches):
-                if self._pool is None:
-                    images, keys, corrupt = self._fill(order[plan.batch_slice(b)], b % slots)
+                if self._workers is None:
+                    positions = order[plan.batch_slice(b)]
+                    if prefetcher is not None:
+                        prefetcher.reading(int(positions[0, 0]))
+                    images, keys, corrupt = self._read_inline(positions, b % slots)
                 else:
-                    images, keys, corrupt = self._pending.popleft().result()
+                    self._pending.popleft()
+                    keys, corrupt = self._workers.receive(b % len(self._workers))
+                    images = self._ring[b % slots].permute(0, 3, 1, 2)
                     if b + self._ahead < plan.num_batches:
                         submit(b + self._ahead)  # into the slot of batch b - HOLD, no longer handed out
                 yield self._hand_out(images, b % slots, keys, corrupt)
@@ -184,16 +214,18 @@ class ShardLoader:
         return Prefetcher(lambda s: cache.ensure(urls[s], shards[s]), sequence, self.cfg.prefetch_shards)
 
     def _drain(self) -> None:
-        """Cancel batches not started yet and wait for the ones being read."""
+        """Take back the answers of batches still being read (their errors belong to an epoch already left)."""
         while self._pending:
-            future = self._pending.popleft()
-            if not future.cancel():
-                future.exception()  # waits; its error, if any, belongs to an epoch already left
+            b = self._pending.popleft()
+            try:
+                self._workers.receive(b % len(self._workers))
+            except DataError:
+                pass
 
     def close(self) -> None:
-        """Stop the reading threads and unmap the shards (also done when the loader is collected)."""
+        """Stop the reading processes and unmap the shards (also done when the loader is collected)."""
         self._drain()
-        _shut_down(self._pool, self._reader)
+        self._finalizer()
 
     # -- the position -------------------------------------------------------------------------
 
@@ -224,9 +256,9 @@ class ShardLoader:
             self.epoch, self.samples_seen = self.epoch + 1, 0
 
 
-def _shut_down(pool: ThreadPoolExecutor | None, reader: ShardReader) -> None:
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _shut_down(workers: ReadingProcesses | None, reader: ShardReader) -> None:
+    if workers is not None:
+        workers.close()
     reader.close()
 
 

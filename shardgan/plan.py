@@ -8,7 +8,7 @@ size or worker count (as in MosaicML streaming), so a position is one number,
 Global batch g covers order[g*B*W : (g+1)*B*W]; rank r takes the r-th slice of B.
 Every rank therefore gets exactly the same number of batches, however unequal the
 shards, and the only samples left out are a remainder smaller than one global batch.
-Which reading thread fills a batch does not matter: its content depends only on its number.
+Which reading process fills a batch does not matter: its content depends only on its number.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Preemption signals: the trainer catches them and stops at a step boundary with a checkpoint.
 
 A cluster stops a job by signalling its whole process group (torchrun does so for each
-worker, SLURM for each job step). The loader reads on threads, not worker processes, so
-there is no child to die of the signal mid-batch: Python runs the handler in the main
-thread, and the reading threads finish the batch they are on.
+worker, SLURM for each job step). The loader's reading processes (workers.py) ignore these
+signals and read on, so only the trainer decides: it finishes the step, saves and exits,
+and the workers go when their pipes close.
 """
 
 from __future__ import annotations

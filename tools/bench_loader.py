@@ -4,13 +4,17 @@ The same distinct game frames (shardgan.synthetic) are written, at each size, as
 shards (raw, jpg, png; pack's writer) and as FFCV .beton files (raw, jpg), and every contender
 reads whole epochs of them from the page cache with the same batch size and thread count:
 
-  shardgan  ShardLoader, `--workers` reading threads, uint8 (B, C, H, W) batches;
+  shardgan  ShardLoader, uint8 (B, C, H, W) batches: `--workers` reading processes decode
+            compressed shards, the training thread copies raw ones (with `--workers` torch
+            threads sharing each copy);
   ffcv      ffcv.loader.Loader, `--workers` threads, RANDOM order (its own venv:
             `make ffcv-venv`; skipped with a line saying why where it cannot be built);
   memcpy    one process copying the stored pixel bytes of each batch into a batch buffer
             (np.take from one in-memory array): what reading raw samples cannot beat per core;
   decode    one process decoding the stored bytes of each batch in a plain loop, with the
-            decoder the loader uses: what reading compressed samples cannot beat per core.
+            decoder the loader uses: what reading compressed samples cannot beat per core;
+  threads   the same loop on `--workers` Python threads: the alternative the reading
+            processes were chosen over (a decoder holds the GIL for part of every image).
 
 Rounds interleave the contenders (this machine is shared and noisy), each round one epoch of
 each, after an untimed warm-up epoch (FFCV's compiles its pipeline); figures are medians.
@@ -29,6 +33,7 @@ import os
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +131,26 @@ def decode_epoch(images: list[bytes], shape: tuple[int, int, int], image_format:
     return (len(order) // batch_size * batch_size) / (time.perf_counter() - start)
 
 
+def decode_threads_epoch(images: list[bytes], shape: tuple[int, int, int], image_format: str, batch_size: int, seed: int, threads: int) -> float:
+    """decode_epoch's batches, shared out over `threads` Python threads."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    batches = [order[lo : lo + batch_size] for lo in range(0, len(order) - batch_size + 1, batch_size)]
+
+    def work(part: list[np.ndarray]) -> None:
+        out = np.empty((batch_size, *shape), np.uint8)
+        for batch in part:
+            for j, i in enumerate(batch.tolist()):
+                decode_image(images[i], image_format, *shape, out=out[j])
+
+    pool = [threading.Thread(target=work, args=(batches[t::threads],)) for t in range(threads)]
+    start = time.perf_counter()
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return len(batches) * batch_size / (time.perf_counter() - start)
+
+
 def ffcv_epochs(frames: Path, fmt: str, work: Path, batch_size: int, workers: int, epochs: int) -> dict | str:
     """FFCV in its own venv (tools/ffcv_peer.py); a string says why it could not run."""
     if not FFCV_PYTHON.exists():
@@ -218,6 +243,7 @@ def main() -> None:
                         rates.setdefault("memcpy_raw", []).append(memcpy_epoch(payloads, batch, round_))
                     else:
                         rates.setdefault(f"decode_{fmt}", []).append(decode_epoch(*stored[fmt], batch, round_))
+                        rates.setdefault(f"threads_{fmt}", []).append(decode_threads_epoch(*stored[fmt], batch, round_, workers))
                 print(f"  {size} round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
             for name, values in rates.items():
                 r[f"{name}_sps_{size}"] = statistics.median(values)
@@ -240,12 +266,13 @@ def report(r: dict, workers: int) -> None:
     """The table, the ratios against their targets (at the first size), and the JSON line."""
     for width, height in SIZES:
         size = f"{width}x{height}"
-        print(f"\n{size}, {r['frames']} samples an epoch, batch {r['batch_size']}, {workers} threads, medians of {r['rounds']} rounds (samples/s):")
+        print(f"\n{size}, {r['frames']} samples an epoch, batch {r['batch_size']}, {workers} workers, medians of {r['rounds']} rounds (samples/s):")
         for fmt in FORMATS:
             ffcv = r.get(f"ffcv_{fmt}_sps_{size}")
             bound = r[f"memcpy_raw_sps_{size}"] if fmt == "raw" else r[f"decode_{fmt}_sps_{size}"]
             print(f"  {fmt:4s} shardgan {r[f'shardgan_{fmt}_sps_{size}']:>10,.0f}   FFCV "
-                  + (f"{ffcv:>10,.0f}" if ffcv else f"{'-':>10s}") + f"   one-process {'memcpy' if fmt == 'raw' else 'decode'} bound {bound:>10,.0f}")
+                  + (f"{ffcv:>10,.0f}" if ffcv else f"{'-':>10s}") + f"   one-process {'memcpy' if fmt == 'raw' else 'decode'} bound {bound:>10,.0f}"
+                  + ("" if fmt == "raw" else f"   {workers} decoding threads {r[f'threads_{fmt}_sps_{size}']:>9,.0f}"))
     size = f"{SIZES[0][0]}x{SIZES[0][1]}"
     ffcv_raw, ffcv_jpg = r.get(f"ffcv_raw_sps_{size}"), r.get(f"ffcv_jpg_sps_{size}")
     ratios = {
