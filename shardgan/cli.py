@@ -60,7 +60,7 @@ def pack_cmd(
     size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66"),
     mode: str = typer.Option("stretch", "--mode", help="stretch | crop (fill, cut centre) | pad (fit, black borders)"),
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
-    image_format: str = typer.Option("png", "--format", help="png | jpg | webp | raw (uncompressed .npy)"),
+    image_format: str = typer.Option("raw", "--format", help="raw (uncompressed .npy, the fastest to load) | png | jpg | webp: see the README"),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="jpg/webp quality (webp: 100 = lossless)"),
     shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB"),
     samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", min=1, help="Cut shards by sample count instead"),

@@ -69,7 +69,7 @@ class PackOptions:
 
     frame: FrameSpec
     """Size, channels, resize mode and video frame step of every stored frame."""
-    image_format: str = "png"
+    image_format: str = "raw"
     quality: int = 95
     blank_threshold: float = 2.0
     """Frames whose pixel std (0-255 scale) is below this are blank; 0 keeps them."""

@@ -343,7 +343,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer frames and a shorter epoch")
     parser.add_argument("--frames", type=int, default=512, help="640x480 frames to generate")
     parser.add_argument("--epoch-samples", type=int, default=8192, help="packed samples per timed epoch (shards replicated)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (shardgan: reading threads) for every loader")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (shardgan: reading processes) for every loader")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--http-rounds", type=int, default=3, help="interleaved rounds of the http rows (medians)")
     parser.add_argument("--only-http", action="store_true", help="only the http rows (f)-(i)")
