@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,14 +29,29 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    """`auto` -> this rank's GPU if CUDA is available, else CPU."""
+def resolve_device(name: str, local_rank: int, world_size: int = 1, visible: int | None = None) -> torch.device:
+    """`auto` -> this rank's GPU if CUDA is available, else CPU; `cuda` -> this rank's GPU.
+
+    This rank's GPU is the one it sees when it sees one (SLURM's --gpus-per-task and
+    per-rank CUDA_VISIBLE_DEVICES hide the others: it is cuda:0 there, whatever LOCAL_RANK
+    says), else cuda:LOCAL_RANK. An explicit cuda:N with more than one rank would put every
+    rank on one GPU, so it is refused. `visible` stands in for torch.cuda.device_count().
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        if world_size > 1:
+            raise ConfigError(f"train.device={name} under torchrun with {world_size} ranks would put every rank on one GPU; use cuda (each rank its own)")
+        return device
+    visible = torch.cuda.device_count() if visible is None else visible
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        raise ConfigError(f"LOCAL_RANK {local_rank} but this process sees {visible} GPUs (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return torch.device("cuda", local_rank)
 
 
 def init(device_name: str = "auto") -> DistInfo:
@@ -42,7 +59,7 @@ def init(device_name: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not torch_dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import shardgan.distributed as dist
+from shardgan.errors import ConfigError
 from tests.test_resume import free_port
 
 CPU = torch.device("cpu")
@@ -30,10 +31,23 @@ def test_alone_without_torchrun_everything_is_local(monkeypatch: pytest.MonkeyPa
 
 def test_devices_resolve_per_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dist.resolve_device("cpu", 3) == CPU
-    assert dist.resolve_device("cuda", 3) == torch.device("cuda", 3)  # each rank its own GPU
-    assert dist.resolve_device("cuda:1", 3) == torch.device("cuda", 1)
+    assert dist.resolve_device("cuda", 3, 8, visible=8) == torch.device("cuda", 3)  # each rank its own GPU
+    assert dist.resolve_device("cuda:1", 3) == torch.device("cuda", 1)  # one process may choose
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dist.resolve_device("auto", 3) == CPU
+
+
+def test_a_rank_that_sees_one_gpu_takes_it_whatever_its_local_rank() -> None:
+    """SLURM --gpus-per-task=1 (or a per-rank CUDA_VISIBLE_DEVICES) leaves each rank one GPU:
+    it is cuda:0 there, and cuda:LOCAL_RANK would not exist."""
+    assert dist.resolve_device("cuda", 5, 8, visible=1) == torch.device("cuda", 0)
+
+
+def test_gpu_choices_that_cannot_work_are_refused() -> None:
+    with pytest.raises(ConfigError, match="would put every rank on one GPU"):
+        dist.resolve_device("cuda:0", 1, 2, visible=2)
+    with pytest.raises(ConfigError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
+        dist.resolve_device("cuda", 3, 4, visible=2)
 
 
 def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
