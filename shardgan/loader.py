@@ -5,7 +5,7 @@ batches from the resume point on. Reading processes (`data.num_workers`, workers
 as long as the loader) fill a ring of pre-allocated batch buffers in shared memory (pinned
 on CUDA), each batch with one `ShardReader.read_batch` call: memory-mapped shards, a
 vectorized header check, raw pixels copied in one C loop, compressed images decoded straight
-into the buffer. Only a slot number and the keys cross the process boundary, and nothing is
+into the buffer. Only a slot number, the positions and the keys cross the process boundary; nothing is
 forked at an epoch start, so an epoch boundary costs nothing; the position is one number,
 `samples_seen`, checkpointed in `state_dict()`. Batch b's content depends only on b, never on
 which process read it. Raw samples (and num_workers=0) are read in the training thread, one
@@ -160,10 +160,14 @@ class ShardLoader:
         slots = self._ahead + HOLD
         prefetcher = self._prefetcher(order, plan)
 
-        def submit(b: int) -> None:
+        def positions_of(b: int) -> np.ndarray:
             positions = order[plan.batch_slice(b)]
             if prefetcher is not None:
                 prefetcher.reading(int(positions[0, 0]))
+            return positions
+
+        def submit(b: int) -> None:
+            positions = positions_of(b)
             self._wait_copied(b % slots)
             self._workers.send(b % len(self._workers), b % slots, positions)
             self._pending.append(b)
@@ -173,10 +177,7 @@ class ShardLoader:
                 submit(b)
             for b in range(plan.num_batches):
                 if self._workers is None:
-                    positions = order[plan.batch_slice(b)]
-                    if prefetcher is not None:
-                        prefetcher.reading(int(positions[0, 0]))
-                    images, keys, corrupt = self._read_inline(positions, b % slots)
+                    images, keys, corrupt = self._read_inline(positions_of(b), b % slots)
                 else:
                     self._pending.popleft()
                     keys, corrupt = self._workers.receive(b % len(self._workers))
