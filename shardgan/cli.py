@@ -62,6 +62,7 @@ def pack_cmd(
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
     image_format: str = typer.Option("raw", "--format", help="raw (uncompressed .npy, the fastest to load) | png | jpg | webp: see the README"),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="jpg/webp quality (webp: 100 = lossless)"),
+    chroma: Optional[str] = typer.Option(None, "--chroma", help="jpg chroma subsampling: 444 | 420 (faster to decode; default: 444 at quality >= 90)"),
     shard_size: str = typer.Option("256MB", "--shard-size", help="Target shard size, e.g. 256MB, 1GiB"),
     samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard", min=1, help="Cut shards by sample count instead"),
     val: str = typer.Option("0", "--val", help="Held-out split: a count (500) or a fraction (0.05)"),
@@ -81,7 +82,7 @@ def pack_cmd(
     width, height = parse_size(size)
     options = PackOptions(
         FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
-        parse_val(val), samples_per_shard, parse_bytes(shard_size),
+        parse_val(val), samples_per_shard, parse_bytes(shard_size), chroma,
     )  # fmt: skip
     pack_dataset(
         src, dst, options, workers=workers, part=parse_part(part) if part else None,

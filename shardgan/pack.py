@@ -44,7 +44,7 @@ from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublish
 from .errors import ConfigError, DataError, Interrupted
 from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
-from .shards import IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
+from .shards import CHROMA, IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
 from .stopwatch import Stopwatch
 
 WORK_DIR = ".work"
@@ -78,6 +78,8 @@ class PackOptions:
     """>= 1: that many validation samples; in (0, 1): that fraction; 0: no val split."""
     samples_per_shard: int | None = None
     shard_size_bytes: int = 256 * 10**6
+    chroma: str | None = None
+    """jpg chroma subsampling (shards.CHROMA); None: by quality, as packs before --chroma had it."""
 
     def __post_init__(self) -> None:
         frame = self.frame
@@ -87,6 +89,7 @@ class PackOptions:
             (frame.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {frame.mode!r}"),
             (self.image_format in IMAGE_FORMATS, f"--format must be one of {'|'.join(IMAGE_FORMATS)}, got {self.image_format!r}"),
             (1 <= self.quality <= 100, f"--quality must be in 1..100, got {self.quality}"),
+            (self.chroma in (None, *CHROMA), f"--chroma must be one of {'|'.join(CHROMA)}, got {self.chroma!r}"),
             (frame.every >= 1, f"--every must be >= 1, got {frame.every}"),
             (self.blank_threshold >= 0, f"--blank-threshold must be >= 0, got {self.blank_threshold}"),
             (self.val >= 0 and (self.val < 1 or float(self.val).is_integer()), f"--val must be a count or a fraction in (0, 1), got {self.val}"),
@@ -102,6 +105,8 @@ class PackOptions:
         frame's fields beside the others, as every manifest so far has them, so a rerun still
         finds an earlier pack of the same options complete."""
         args = asdict(self)
+        if args["chroma"] is None:  # absent, as in the packs made before --chroma
+            del args["chroma"]
         return {**args.pop("frame"), **args}
 
     def encode_args(self) -> dict[str, Any]:
@@ -307,7 +312,7 @@ def encode_chunk(task: ChunkTask) -> ChunkResult:
                     continue
                 key = duplicate_key(item.pixels)
                 clock.lap("filter")
-                data = encode_image(item.pixels, task.options.image_format, task.options.quality)
+                data = encode_image(item.pixels, task.options.image_format, task.options.quality, task.options.chroma)
                 clock.lap("encode")
                 records.append(Kept(input_index, item.index, key, f.tell(), len(data)))
                 f.write(data)

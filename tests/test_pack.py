@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webdataset as wds
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 import shardgan.pack
 from shardgan import cli
@@ -181,6 +181,7 @@ def test_cli_argument_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.Mo
     assert "--part" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--part", "3/2")
     assert "--val" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--val", "x")
     assert "--channels" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--channels", "2")
+    assert "--chroma must be one of 444|420" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--chroma", "422")
     assert "no manifest.json" in _cli_error(monkeypatch, capsys, "inspect", str(tmp_path))
 
 
@@ -263,6 +264,18 @@ def test_pack_args_keep_the_flat_layout_every_manifest_has(tmp_path: Path) -> No
     pack(tmp_path / "src", tmp_path / "dst")
     manifest = load_manifest(tmp_path / "dst")
     assert manifest.pack_args == {**SMALL.args(), "inputs_sha256": manifest.pack_args["inputs_sha256"]}
+
+
+def test_chroma_is_recorded_and_changes_the_jpg_bytes(tmp_path: Path) -> None:
+    write_frames(tmp_path / "src", 10)
+    for chroma in ("444", "420"):
+        pack(tmp_path / "src", tmp_path / chroma, PackOptions(FrameSpec(40, 30), "jpg", 95, samples_per_shard=8, chroma=chroma))
+    manifests = [load_manifest(tmp_path / c) for c in ("444", "420")]
+    assert [m.pack_args["chroma"] for m in manifests] == ["444", "420"]
+    for chroma, code in (("444", 0), ("420", 2)):  # Pillow's codes for the subsampling
+        for row in read_webdataset(tmp_path / chroma):
+            with Image.open(io.BytesIO(row["jpg"])) as image:
+                assert JpegImagePlugin.get_sampling(image) == code
 
 
 def test_records_keep_the_chunk_footer_rows_of_earlier_versions() -> None:

@@ -11,6 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 import webdataset as wds
+from PIL import Image, JpegImagePlugin
 
 from shardgan.shards import (
     IMAGE_FORMATS,
@@ -116,3 +117,18 @@ def test_raw_encoding_is_np_save(tmp_path):
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(pixels), allow_pickle=False)
         assert encode_image(pixels, "raw") == buf.getvalue()
+
+
+def test_jpg_chroma_subsampling_is_chosen_or_follows_quality():
+    """--chroma 420 writes what OpenCV (and so FFCV) writes; without it, quality decides, as before."""
+    pixels = game_frame(3, 22, 14)
+
+    def sampling(data: bytes) -> int:  # Pillow's code: 0 is 4:4:4, 2 is 4:2:0
+        with Image.open(io.BytesIO(data)) as image:
+            return JpegImagePlugin.get_sampling(image)
+
+    assert [sampling(encode_image(pixels, "jpg", 95)), sampling(encode_image(pixels, "jpg", 80))] == [0, 2]
+    assert [sampling(encode_image(pixels, "jpg", 95, "420")), sampling(encode_image(pixels, "jpg", 80, "444"))] == [2, 0]
+    assert encode_image(pixels, "jpg", 95, "444") == encode_image(pixels, "jpg", 95)
+    decoded = decode_image(encode_image(pixels, "jpg", 95, "420"), "jpg", 14, 22, 3)
+    assert decoded.shape == pixels.shape and np.abs(decoded.astype(int) - pixels).mean() < 20
