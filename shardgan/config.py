@@ -55,6 +55,11 @@ class DataConfig:
     training thread decodes). Raw shards are always copied in the training thread, faster."""
     seed: int = 0
     """Seeds the epoch plan (shard and sample order)."""
+    canonical_nodes: int = 0
+    """Equal pieces the epoch order is cut into, one per node of the first start, so that each node
+    reads only its share of the shards (docs/loader.md). 0: the node count of the run's first
+    start. Fixed for a run; a multiple of every node count the run may resume on keeps each node
+    on its own share (e.g. 6 for 2 or 3 nodes)."""
     on_corrupt: str = "skip"
     """skip: report and replace a corrupt sample within its batch; fail: stop with its shard and key."""
     pin_memory: bool = True
@@ -74,6 +79,7 @@ class DataConfig:
         _check(self.batch_size >= 1, "data.batch_size must be >= 1")
         _check(0 <= self.seed <= MAX_SEED, "data.seed must be in [0, 2**63)")
         _check(self.num_workers >= 0, "data.num_workers must be >= 0")
+        _check(self.canonical_nodes >= 0, "data.canonical_nodes must be >= 0 (0: the node count)")
         _check(self.on_corrupt in ("skip", "fail"), "data.on_corrupt must be 'skip' or 'fail'")
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")

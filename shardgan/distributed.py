@@ -23,10 +23,16 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    local_world_size: int = 1
+    """Ranks on this node (torchrun gives every node the same number, numbered consecutively)."""
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // self.local_world_size)
 
 
 def resolve_device(name: str, local_rank: int, world_size: int = 1, visible: int | None = None) -> torch.device:
@@ -69,7 +75,7 @@ def init(device_name: str = "auto") -> DistInfo:
         store, _, _ = next(torch_dist.rendezvous("env://"))
         store = torch_dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
         torch_dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank, world_size, local_rank, device)
+    return DistInfo(rank, world_size, local_rank, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def backend() -> str:

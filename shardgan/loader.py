@@ -43,7 +43,8 @@ from .workers import ReadingProcesses
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2 added canonical_nodes; a version 1 state is read as canonical_nodes 1, the order it used."""
 HOLD = 2
 """Batches handed out that stay valid: the one in use and the one before it."""
 
@@ -57,11 +58,14 @@ class ShardLoader:
     nothing repeated or skipped; only the end-of-epoch remainder may differ).
     """
 
-    def __init__(self, cfg: DataConfig, *, rank: int = 0, world_size: int = 1, split: str | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: DataConfig, *, rank: int = 0, world_size: int = 1, nodes: int = 1, split: str | None = None, device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.rank, self.world_size = rank, world_size
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside world size {world_size}")
+        self.canonical_nodes = cfg.canonical_nodes or nodes
+        """Fixed for a run (plan.py): the config's, else this start's node count; a restore brings the run's."""
+        self._check_canonical_nodes()
         self.device = torch.device(device)
         self.source = resolve_source(cfg, split or cfg.split)
         self.manifest = self.source.manifest
@@ -96,7 +100,14 @@ class ShardLoader:
     # -- the plan ---------------------------------------------------------------------------
 
     def _plan(self) -> RankPlan:
-        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.cfg.batch_size)
+        return RankPlan(self.epoch, self.samples_seen, self.source.num_samples, self.world_size, self.rank, self.cfg.batch_size, self.canonical_nodes)
+
+    def _check_canonical_nodes(self) -> None:
+        if self.global_batch % self.canonical_nodes:
+            raise DataError(
+                f"global batch {self.global_batch} (data.batch_size {self.cfg.batch_size} x {self.world_size} ranks) is not a multiple "
+                f"of the run's {self.canonical_nodes} canonical nodes (data.canonical_nodes): each takes an equal share of every batch"
+            )
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """The epoch's global order, computed once per epoch."""
@@ -161,7 +172,7 @@ class ShardLoader:
         prefetcher = self._prefetcher(order, plan)
 
         def positions_of(b: int) -> np.ndarray:
-            positions = order[plan.batch_slice(b)]
+            positions = order[plan.batch_indices(b)]
             if prefetcher is not None:
                 prefetcher.reading(int(positions[0, 0]))
             return positions
@@ -209,8 +220,7 @@ class ShardLoader:
         if cache is None:
             return None
         shards, urls = self.source.shards, self.source.urls
-        batch_starts = plan.batch_slice(0).start + plan.global_batch * np.arange(plan.num_batches)
-        read = order[(batch_starts[:, None] + np.arange(plan.batch_size)).ravel(), 0]
+        read = order[(plan.batch_indices(0) + plan.per_piece * np.arange(plan.num_batches)[:, None]).ravel(), 0]
         sequence = list(dict.fromkeys(read.tolist()))
         return Prefetcher(lambda s: cache.ensure(urls[s], shards[s]), sequence, self.cfg.prefetch_shards)
 
@@ -242,11 +252,18 @@ class ShardLoader:
             "fingerprint": self.source.fingerprint,
             "world_size": self.world_size,
             "batch_size": self.cfg.batch_size,
+            "canonical_nodes": self.canonical_nodes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a position, checked field by field; call before iterating."""
+        if isinstance(state, dict) and state.get("version") == 1:
+            state = {**state, "version": STATE_VERSION, "canonical_nodes": 1}
         _check_state(state, self.state_dict())
+        if self.cfg.canonical_nodes and state["canonical_nodes"] != self.cfg.canonical_nodes:
+            raise DataError(f"data.canonical_nodes changed: checkpoint has {state['canonical_nodes']}, config has {self.cfg.canonical_nodes} (it fixes the epoch order)")
+        self.canonical_nodes = state["canonical_nodes"]
+        self._check_canonical_nodes()
         self.epoch, self.samples_seen = state["epoch"], state["samples_seen"]
         if (state["world_size"], state["batch_size"]) != (self.world_size, self.cfg.batch_size):
             log.warning(

@@ -143,7 +143,7 @@ def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
 
 def open_loader(cfg: Config, world: DistInfo) -> ShardLoader:
     """The loader, after checking the shards hold images of the model's size."""
-    loader = ShardLoader(cfg.data, rank=world.rank, world_size=world.world_size, device=world.device)
+    loader = ShardLoader(cfg.data, rank=world.rank, world_size=world.world_size, nodes=world.nodes, device=world.device)
     m = loader.manifest
     if (m.width, m.height, m.channels) != (cfg.model.width, cfg.model.height, cfg.model.channels):
         raise ConfigError(

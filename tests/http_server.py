@@ -9,7 +9,7 @@ request at a time, `always[name]` applies to every request:
   "corrupt"  send the right number of bytes with one of them changed;
   "404"      answer 404 Not Found.
 
-`requests[name]` counts the GETs of each file.
+`requests[name]` counts the GETs of each file, `sent[name]` the bytes of its complete answers.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class FaultServer(http.server.ThreadingHTTPServer):
         self.once: dict[str, list[str]] = {}
         self.always: dict[str, str] = {}
         self.requests: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
         self.lock = threading.Lock()
 
     @property
@@ -78,6 +79,8 @@ class FaultHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self.wfile.write(data)
+            with self.server.lock:
+                self.server.sent[name] += len(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): expected
             self.close_connection = True
 

@@ -23,9 +23,9 @@ from shardgan.synthetic import game_frame
 SIZES = [7, 13, 5, 20]
 
 
-def make_loader(shards: str | Path, *, rank: int = 0, world_size: int = 1, **cfg) -> ShardLoader:
+def make_loader(shards: str | Path, *, rank: int = 0, world_size: int = 1, nodes: int = 1, **cfg) -> ShardLoader:
     cfg = {"batch_size": 2, "num_workers": 0, "pin_memory": False, **cfg}
-    return ShardLoader(DataConfig(shards=str(shards), **cfg), rank=rank, world_size=world_size)
+    return ShardLoader(DataConfig(shards=str(shards), **cfg), rank=rank, world_size=world_size, nodes=nodes)
 
 
 def take(loader: ShardLoader, n: int) -> list[list[str]]:
@@ -41,18 +41,18 @@ def take(loader: ShardLoader, n: int) -> list[list[str]]:
     return out
 
 
-def all_ranks_epoch(shards: Path, world_size: int, **cfg) -> list[list[list[str]]]:
+def all_ranks_epoch(shards: Path, world_size: int, nodes: int = 1, **cfg) -> list[list[list[str]]]:
     """One epoch of every rank (simulated in this process): [rank][batch] -> keys."""
-    return [[b["key"] for b in make_loader(shards, rank=r, world_size=world_size, **cfg)] for r in range(world_size)]
+    return [[b["key"] for b in make_loader(shards, rank=r, world_size=world_size, nodes=nodes, **cfg)] for r in range(world_size)]
 
 
-def check_epoch(per_rank: list[list[list[str]]], num_samples: int, global_batch: int) -> list[str]:
-    """Equal batch counts, no duplicates, everything but a remainder < one global batch used."""
+def check_epoch(per_rank: list[list[list[str]]], num_samples: int, global_batch: int, nodes: int = 1) -> list[str]:
+    """Equal batch counts, no duplicates, everything but a remainder < one global batch (+ nodes) used."""
     assert len({len(batches) for batches in per_rank}) == 1
     keys = [k for batches in per_rank for batch in batches for k in batch]
     assert len(keys) == len(set(keys))
     assert set(keys) <= {f"{i:09d}" for i in range(num_samples)}
-    assert 0 <= num_samples - len(keys) < global_batch
+    assert 0 <= num_samples - len(keys) < global_batch + nodes - 1
     return keys
 
 
@@ -170,6 +170,47 @@ def test_elastic_restore_neither_repeats_nor_skips(dataset, world_after, batch_a
     keys = consumed + [k for batches in rest for batch in batches for k in batch]
     assert len(keys) == len(set(keys))
     assert sum(SIZES) - len(keys) < world_after * batch_after
+
+
+@pytest.mark.parametrize("nodes,ranks_per_node,batch_size,num_workers", [(2, 2, 3, 0), (3, 1, 4, 0), (3, 2, 2, 2)])
+def test_each_node_reads_only_its_share_of_the_shards(tmp_path, nodes, ranks_per_node, batch_size, num_workers):
+    """torchrun numbers a node's ranks consecutively; with one canonical node per node, the nodes'
+    shard sets overlap only where a piece boundary cuts a shard (at most nodes - 1 shards)."""
+    sizes = [10] * 12
+    build_dataset(tmp_path, sizes)
+    world = nodes * ranks_per_node
+    per_rank = all_ranks_epoch(tmp_path, world, nodes, batch_size=batch_size, num_workers=num_workers)
+    check_epoch(per_rank, sum(sizes), world * batch_size, nodes)
+    node_shards = [{int(k) // 10 for r in range(n * ranks_per_node, (n + 1) * ranks_per_node) for b in per_rank[r] for k in b} for n in range(nodes)]
+    assert sum(len(s) for s in node_shards) <= len(sizes) + nodes - 1
+    assert set().union(*node_shards) == set(range(len(sizes)))
+
+
+def test_node_count_is_fixed_for_the_run_and_resumes_elastically(dataset):
+    """A state taken on 2 nodes brings its 2 canonical nodes to a restore on 1 node (of 2 or 4
+    ranks): nothing repeated or skipped. An older state (version 1) is read as 1 canonical node."""
+    ranks = [make_loader(dataset, rank=r, world_size=2, nodes=2) for r in range(2)]
+    consumed = [k for loader in ranks for batch in take(loader, 3) for k in batch]
+    state = ranks[0].state_dict()
+    assert state["canonical_nodes"] == 2 and state["version"] == 2
+    rest = []
+    for r in range(4):
+        loader = make_loader(dataset, rank=r, world_size=4, batch_size=1)
+        loader.load_state_dict(state)
+        assert loader.canonical_nodes == 2
+        rest.append([b["key"] for b in loader])
+    keys = consumed + [k for batches in rest for batch in batches for k in batch]
+    assert len(keys) == len(set(keys)) and sum(SIZES) - len(keys) < 4 + 2
+    with pytest.raises(DataError, match="data.canonical_nodes changed: checkpoint has 2, config has 1"):
+        make_loader(dataset, canonical_nodes=1).load_state_dict(state)
+    with pytest.raises(DataError, match="global batch 3 .* not a multiple of the run's 2 canonical nodes"):
+        make_loader(dataset, batch_size=3).load_state_dict(state)
+    single = make_loader(dataset)
+    take(single, 2)
+    old = {k: v for k, v in single.state_dict().items() if k != "canonical_nodes"} | {"version": 1}
+    fresh, restored = make_loader(dataset), make_loader(dataset)
+    restored.load_state_dict(old)
+    assert take(restored, 4) == take(fresh, 6)[2:]
 
 
 def test_restore_refuses_a_state_that_cannot_continue(dataset, tmp_path):

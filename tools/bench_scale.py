@@ -87,7 +87,7 @@ class PlanWalk(IterableDataset):
         plan = RankPlan(0, 0, len(self.order), 1, 0, BATCH_SIZE)
         total = 0
         for b in range(info.id, plan.num_batches, info.num_workers):
-            for shard, index in self.order[plan.batch_slice(b)].tolist():
+            for shard, index in self.order[plan.batch_indices(b)].tolist():
                 offsets = self.shards[shard].offsets
                 total += int(offsets[index + 1]) - int(offsets[index])
         gc.collect()
@@ -111,7 +111,7 @@ def measure(variant: str, path: Path, workers: int) -> dict[str, float]:
     start = time.perf_counter()
     order = epoch_order([s.num_samples for s in shards], seed=0, epoch=0)
     plan = RankPlan(0, 0, len(order), 1, 0, BATCH_SIZE)
-    batches = [order[plan.batch_slice(b)] for b in range(0, plan.num_batches, workers)]
+    batches = [order[plan.batch_indices(b)] for b in range(0, plan.num_batches, workers)]
     plan_s = time.perf_counter() - start
     assert batches
     reports = list(DataLoader(PlanWalk(shards, order, workers), batch_size=None, num_workers=workers))
