@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,8 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .atomic import write_bytes_atomic
 from .config import Config, config_from_dict
-from .errors import CheckpointError
+from .distributed import DistInfo
+from .errors import CheckpointError, ConfigError
 from .loader import ShardLoader
 from .rundir import RunDir, append_metrics, read_metrics, truncate_metrics
 from .trainer import Trainer
@@ -158,6 +162,34 @@ def abandon_after(rd: RunDir, choice: Choice) -> None:
         log.warning("resuming from step %d: moved the newer %s aside into %s", choice.step, ", ".join(p.name for p in moved), aside)
     if choice.rollback:
         write_bytes_atomic(rd.rollback, json.dumps({"path": str(choice.path.resolve()), "sha256": choice.sha256}).encode())
+
+
+def check_shared(rd: RunDir, world: DistInfo) -> None:
+    """Collective: every rank must see the run directory rank 0 sees. On node-local run roots, a
+    restart after a re-rendezvous can put rank 0 on another node, which would silently start the
+    run again from nothing; so rank 0 writes a token there, every rank reads it back, and a rank
+    that cannot stops them all with one line."""
+    if world.world_size == 1:
+        return
+    token = uuid.uuid4().hex if world.is_main else ""
+    path = rd.root / f".shared-check-{socket.gethostname()}-{os.getpid()}"
+    if world.is_main:
+        rd.root.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, token.encode())
+    token, path = dist.broadcast_from_main((token, path))
+    try:
+        seen = "" if path.read_text() == token else "another run's token"
+    except OSError as e:
+        seen = e.strerror or type(e).__name__
+    failed = [(rank, r) for rank, r in enumerate(dist.gather_to_main((socket.gethostname(), seen))) if r[1]]
+    if world.is_main:
+        path.unlink(missing_ok=True)
+    if failed:
+        rank, (host, reason) = failed[0]
+        raise ConfigError(
+            f"run directory {rd.root} is not shared: rank {rank} on {host} cannot read what rank 0 wrote there ({reason}); "
+            f"run.root must be on a file system every node sees, or the first restart loses the checkpoints"
+        )
 
 
 def load_chosen(t: Trainer, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:

@@ -123,6 +123,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                 t = build_trainer(cfg, world)
                 loader = open_loader(cfg, world)
                 rd = RunDir(Path(cfg.run.root) / cfg.run.name)
+                resume.check_shared(rd, world)
                 chosen = resume.load_chosen(t, rd)
                 if chosen is not None:
                     resume.restore(t, loader, chosen[1], chosen[0].path)

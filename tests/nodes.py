@@ -47,12 +47,10 @@ def free_port() -> int:
 
 def start_nodes(count: int, nproc: int, command: list[str], root: Path, *, nnodes: str | None = None, max_restarts: int = 0, port: int | None = None) -> list[subprocess.Popen]:
     """`count` agents of one job (`nnodes`, default `count`), each `nproc` ranks of `command`
-    (a script and its arguments), node i's local files under root/node{i}; output in node{i}.log."""
+    (a script or `-m module` and its arguments), node i's local files under root/node{i}; logs
+    in root/node{i}.log."""
     port = port or free_port()
-    agents = []
-    for i in range(count):
-        agents.append(start_node(i, nproc, command, root, nnodes=nnodes or str(count), max_restarts=max_restarts, port=port))
-    return agents
+    return [start_node(i, nproc, command, root, nnodes=nnodes or str(count), max_restarts=max_restarts, port=port) for i in range(count)]
 
 
 def start_node(index: int, nproc: int, command: list[str], root: Path, *, nnodes: str, max_restarts: int, port: int) -> subprocess.Popen:

@@ -46,3 +46,4 @@ def test_each_node_fetches_only_its_share_of_an_epoch(dataset: Path, tmp_path: P
     assert len({r["tmpdir"] for r in reports}) == nodes  # node-local caches, one per agent
     dataset_bytes = sum((dataset / f"train-{i:06d}.tar").stat().st_size for i in range(SHARDS))
     assert fetched <= 1.05 * dataset_bytes, f"fetched {fetched / dataset_bytes:.2f}x the dataset"
+

@@ -85,29 +85,25 @@ def free_port() -> int:
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-def test_a_rank_that_cannot_read_rank0s_checkpoint_stops_every_rank(tiny_shards: Path, tmp_path: Path) -> None:
+def test_a_node_local_run_root_is_refused_before_the_first_step(tiny_shards: Path, tmp_path: Path) -> None:
     """Two 'nodes' (one torchrun each, own working directory) with a node-local run.root=runs:
-    only node 0 holds the checkpoint, so rank 1 must not silently start from step 0."""
+    two run directories that look alike. A restart that put rank 0 on the other node would start
+    from nothing, so every rank stops at start with one line, and no step is trained."""
     port = free_port()
-
-    def nodes(max_steps: int) -> list[subprocess.CompletedProcess]:
-        procs = []
-        for rank in range(2):
-            cwd = tmp_path / f"node{rank}"
-            cwd.mkdir(exist_ok=True)
-            args = [TORCHRUN[0], "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
-            args += ["-m", "shardgan.train", "--config", str(CONFIG), f"data.shards={tiny_shards}", "run.root=runs", "run.name=local"]
-            args += ["data.batch_size=4", f"train.max_steps={max_steps}", "checkpoint.every_steps=5"]
-            procs.append(subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        return [subprocess.CompletedProcess(p.args, p.wait(timeout=180), "", p.stderr.read()) for p in procs]
-
-    assert [done.returncode for done in nodes(10)] == [0, 0]
-    assert checkpoint_exists(tmp_path / "node0" / "runs" / "local", 10)
-    second = nodes(20)
-    line = "error: rank 1 cannot resume from runs/local/checkpoints/step_00000010.pt, the checkpoint rank 0 chose: checkpoint not found"
-    for done in second:
-        assert done.returncode != 0 and line in done.stderr, done.stderr[-3000:]
-    assert steps_on_disk(tmp_path / "node0" / "runs" / "local") == [10, 5]
+    procs = []
+    for rank in range(2):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir(exist_ok=True)
+        args = [TORCHRUN[0], "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}", "--master_addr=127.0.0.1", f"--master_port={port}"]
+        args += ["-m", "shardgan.train", "--config", str(CONFIG), f"data.shards={tiny_shards}", "run.root=runs", "run.name=local"]
+        args += ["data.batch_size=4", "train.max_steps=10", "checkpoint.every_steps=5"]
+        procs.append(subprocess.Popen(args, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    done = [subprocess.CompletedProcess(p.args, p.wait(timeout=180), "", p.stderr.read()) for p in procs]
+    line = "error: run directory runs/local is not shared: rank 1 on "
+    for d in done:
+        assert d.returncode != 0 and line in d.stderr and "run.root must be on a file system every node sees" in d.stderr, d.stderr[-3000:]
+    assert not checkpoint_exists(tmp_path / "node0" / "runs" / "local", 5)
+    assert not list((tmp_path / "node0" / "runs" / "local").glob(".shared-check-*"))
 
 
 def test_changed_learning_rate_is_applied_with_a_warning(tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
