@@ -70,10 +70,13 @@ def init(device_name: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not torch_dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # torchrun keeps one store across --max-restarts; without a per-attempt prefix the new
-        # workers read the dead workers' addresses and fail to connect (pytorch issue #167288).
         store, _, _ = next(torch_dist.rendezvous("env://"))
-        store = torch_dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # The agent's store outlives --max-restarts: without a per-attempt prefix the new
+            # workers read the dead workers' addresses and fail to connect (pytorch issue
+            # #167288). Not otherwise: each round's rank 0 then opens a fresh store, and a node
+            # that replaces a lost one starts counting restarts at 0 (another prefix: a hang).
+            store = torch_dist.PrefixStore(f"shardgan/attempt_{restart_count()}", store)
         torch_dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, device_id=device if device.type == "cuda" else None)
     return DistInfo(rank, world_size, local_rank, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 

@@ -8,6 +8,7 @@ from the test's HTTP server and the run root, where there is one, is shared.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from .conftest import PYTHON, ROOT
+from .trainer_runs import process_tree
 
 EPOCH_SCRIPT = """
 import json, os, sys
@@ -39,55 +41,78 @@ distributed.shutdown()
 """
 
 
+AGENT_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+"""What tools/slurm/train.sbatch exports for torchrun. With the rendezvous store shared (torch's
+default), a surviving rank-0 agent does not publish the new round's MASTER_ADDR, and a
+replacement node waits for it until the rendezvous times out."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_nodes(count: int, nproc: int, command: list[str], root: Path, *, nnodes: str | None = None, max_restarts: int = 0, port: int | None = None) -> list[subprocess.Popen]:
+class Nodes:
     """`count` agents of one job (`nnodes`, default `count`), each `nproc` ranks of `command`
-    (a script or `-m module` and its arguments), node i's local files under root/node{i}; logs
-    in root/node{i}.log."""
-    port = port or free_port()
-    return [start_node(i, nproc, command, root, nnodes=nnodes or str(count), max_restarts=max_restarts, port=port) for i in range(count)]
+    (a script or `-m module` and its arguments); node i's local files under root/node{i}, its
+    output in root/node{i}.log. Node 0 starts first and hosts the rendezvous store: as under
+    torchrun on a cluster, a job survives the loss of any node but the store's host."""
 
+    def __init__(self, count: int, nproc: int, command: list[str], root: Path, *, nnodes: str | None = None, max_restarts: int = 0):
+        self.nproc, self.command, self.root = nproc, command, root
+        self.nnodes, self.max_restarts = nnodes or str(count), max_restarts
+        self.port = free_port()
+        self.agents = [self._start(0)]
+        self._wait_listening()
+        self.agents += [self._start(i) for i in range(1, count)]
 
-def start_node(index: int, nproc: int, command: list[str], root: Path, *, nnodes: str, max_restarts: int, port: int) -> subprocess.Popen:
-    local = root / f"node{index}"
-    (local / "tmp").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(local / "tmp"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        PYTHON, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}", "--rdzv_backend=c10d",
-        f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=shardgan-test", f"--max-restarts={max_restarts}", "--monitor-interval=0.5",
-        *command,
-    ]  # fmt: skip
-    log = open(root / f"node{index}.log", "ab")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    def _start(self, index: int) -> subprocess.Popen:
+        local = self.root / f"node{index}"
+        (local / "tmp").mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(local / "tmp"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **AGENT_ENV}
+        cmd = [
+            PYTHON, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}", f"--nproc_per_node={self.nproc}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint=127.0.0.1:{self.port}", "--rdzv_id=shardgan-test", "--rdzv_conf=last_call_timeout=1",
+            f"--max-restarts={self.max_restarts}", "--monitor-interval=0.5", *self.command,
+        ]  # fmt: skip
+        log = open(self.root / f"node{index}.log", "ab")
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def _wait_listening(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.agents[0].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("node 0 did not open the rendezvous store:\n" + self.logs())
+            time.sleep(0.1)
 
-def wait_nodes(agents: list[subprocess.Popen], root: Path, timeout: float = 240) -> list[int]:
-    """Every agent's exit code; on a timeout the agents are killed and their logs shown."""
-    deadline = time.monotonic() + timeout
-    codes = []
-    for agent in agents:
-        try:
-            codes.append(agent.wait(timeout=max(0.1, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for a in agents:
-                kill_node(a)
-            raise AssertionError("nodes did not finish:\n" + logs(root)) from None
-    return codes
+    def kill(self, index: int) -> None:
+        """SIGKILL every process of node `index` (its agent's process tree: torchrun may start each
+        rank in a session of its own), as a lost node loses them."""
+        for pid in process_tree(self.agents[index].pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.agents[index].wait()
 
+    def replace(self, index: int) -> None:
+        """A new agent for node `index`, with the same command, as a cluster's replacement node."""
+        self.agents[index] = self._start(index)
 
-def kill_node(agent: subprocess.Popen) -> None:
-    """SIGKILL a node's agent and ranks at once (its whole process group), as a lost node is."""
-    try:
-        os.killpg(agent.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    agent.wait()
+    def wait(self, timeout: float = 300) -> list[int]:
+        """Every agent's exit code; on a timeout the agents are killed and their logs shown."""
+        deadline = time.monotonic() + timeout
+        codes = []
+        for agent in self.agents:
+            try:
+                codes.append(agent.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                for index in range(len(self.agents)):
+                    self.kill(index)
+                raise AssertionError("nodes did not finish:\n" + self.logs()) from None
+        return codes
 
-
-def logs(root: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(root.glob("node*.log")))
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:] for p in sorted(self.root.glob("node*.log")))

@@ -9,7 +9,8 @@ import pytest
 
 from .conftest import build_dataset
 from .http_server import serve
-from .nodes import EPOCH_SCRIPT, logs, start_nodes, wait_nodes
+from .nodes import EPOCH_SCRIPT, Nodes
+from .trainer_runs import STEPS, assert_same_final, newest_step, train_args, wait_for
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
@@ -34,8 +35,8 @@ def test_each_node_fetches_only_its_share_of_an_epoch(dataset: Path, tmp_path: P
     url = "http://{host}/train-{{000000..{last:06d}}}.tar"
     with serve(dataset) as server:
         shards = url.format(host=server.url.removeprefix("http://"), last=SHARDS - 1)
-        agents = start_nodes(nodes, nproc, [str(script), shards, str(tmp_path), "4"], tmp_path)
-        assert wait_nodes(agents, tmp_path) == [0] * nodes, logs(tmp_path)
+        job = Nodes(nodes, nproc, [str(script), shards, str(tmp_path), "4"], tmp_path)
+        assert job.wait() == [0] * nodes, job.logs()
         fetched = sum(n for name, n in server.sent.items() if name.endswith(".tar"))
     world = nodes * nproc
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
@@ -47,3 +48,25 @@ def test_each_node_fetches_only_its_share_of_an_epoch(dataset: Path, tmp_path: P
     dataset_bytes = sum((dataset / f"train-{i:06d}.tar").stat().st_size for i in range(SHARDS))
     assert fetched <= 1.05 * dataset_bytes, f"fetched {fetched / dataset_bytes:.2f}x the dataset"
 
+
+
+def _train(shards: Path, run: Path) -> list[str]:
+    return ["-m", "shardgan.train", *train_args(shards, run, "data.num_workers=1")]
+
+
+def test_a_node_killed_mid_epoch_is_replaced_and_the_run_ends_bit_exact(tiny_shards: Path, tmp_path: Path) -> None:
+    """2 nodes of 1 rank. Node 1's agent and rank are SIGKILLed together mid-epoch; a new agent
+    takes its place with the same command (as a cluster's node replacement would), the survivor's
+    agent restarts its rank (--max-restarts), and the run resumes from the newest checkpoint in the
+    shared run root: its final state equals an uninterrupted 2-node run's, bit for bit."""
+    straight, run = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
+    uninterrupted = Nodes(2, 1, _train(tiny_shards, straight), straight.parent)
+    assert uninterrupted.wait() == [0, 0], uninterrupted.logs()
+    job = Nodes(2, 1, _train(tiny_shards, run), run.parent, max_restarts=2)
+    wait_for(lambda: newest_step(run) >= 10, job.agents[0], timeout_s=180)
+    job.kill(1)
+    assert newest_step(run) < STEPS
+    job.replace(1)
+    assert job.wait() == [0, 0], job.logs()
+    assert "resum" in job.logs()
+    assert_same_final(straight, run)
