@@ -9,6 +9,7 @@ from the test's HTTP server and the run root, where there is one, is shared.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -45,6 +46,58 @@ AGENT_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 """What tools/slurm/train.sbatch exports for torchrun. With the rendezvous store shared (torch's
 default), a surviving rank-0 agent does not publish the new round's MASTER_ADDR, and a
 replacement node waits for it until the rendezvous times out."""
+
+
+ELASTIC_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch, torch.distributed as dist
+from shardgan import distributed
+from shardgan.atomic import write_bytes_atomic
+from shardgan.config import DataConfig
+from shardgan.loader import ShardLoader
+
+# The trainer's resume protocol with the real loader, in a few lines: every rank records each
+# step's keys, rank 0 saves the position every 2 steps, a new attempt starts from the newest one.
+world = distributed.init("cpu")
+shards, run = sys.argv[1], Path(sys.argv[2])
+cfg = DataConfig(shards=shards, batch_size=6, num_workers=1, pin_memory=False, canonical_nodes=6)
+loader = ShardLoader(cfg, rank=world.rank, world_size=world.world_size, nodes=world.nodes)
+position, step = run / "position.json", 0
+if position.exists():
+    saved = json.loads(position.read_text())
+    loader.load_state_dict(saved["loader"])
+    step = saved["step"]
+attempt = distributed.broadcast_from_main(time.time_ns())
+if world.is_main:
+    with open(run / "attempts.jsonl", "a") as f:
+        f.write(json.dumps({"attempt": attempt, "start": step, "world_size": world.world_size}) + "\\n")
+with open(run / f"keys-{attempt}-{world.rank}.jsonl", "a") as record:
+    for batch in loader:
+        step += 1
+        record.write(json.dumps({"step": step, "keys": batch["key"]}) + "\\n")
+        record.flush()
+        dist.all_reduce(torch.ones(1))  # every rank's record of this step is written
+        if world.is_main and step % 2 == 0:
+            write_bytes_atomic(position, json.dumps({"step": step, "loader": loader.state_dict()}).encode())
+        time.sleep(0.2)
+distributed.shutdown()
+"""
+
+
+def elastic_timeline(run: Path) -> tuple[list[int], list[str]]:
+    """What ELASTIC_SCRIPT's attempts trained, as one timeline: attempt i owns its steps up to
+    where attempt i + 1 started. Returns the attempts' world sizes and the keys in step order."""
+    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
+    keys = []
+    for i, a in enumerate(attempts):
+        end = attempts[i + 1]["start"] if i + 1 < len(attempts) else None
+        for path in sorted(run.glob(f"keys-{a['attempt']}-*.jsonl")):
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if end is None or row["step"] <= end:
+                    keys += row["keys"]
+    return [a["world_size"] for a in attempts], keys
 
 
 def free_port() -> int:

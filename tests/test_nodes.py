@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import build_dataset
 from .http_server import serve
-from .nodes import EPOCH_SCRIPT, Nodes
+from .nodes import ELASTIC_SCRIPT, EPOCH_SCRIPT, Nodes, elastic_timeline
 from .trainer_runs import STEPS, assert_same_final, newest_step, train_args, wait_for
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
@@ -70,3 +70,29 @@ def test_a_node_killed_mid_epoch_is_replaced_and_the_run_ends_bit_exact(tiny_sha
     assert job.wait() == [0, 0], job.logs()
     assert "resum" in job.logs()
     assert_same_final(straight, run)
+
+
+def test_survivors_of_a_lost_node_continue_the_epoch_elastically(dataset: Path, tmp_path: Path) -> None:
+    """--nnodes=2:3, data.canonical_nodes=6: node 2 is killed mid-epoch with every process on it,
+    the two survivors re-rendezvous and finish the epoch from the last saved position, each on
+    its own pieces: every sample at most once, and all but a remainder < one global batch + 6."""
+    run = tmp_path / "run"
+    run.mkdir()
+    script = tmp_path / "elastic.py"
+    script.write_text(ELASTIC_SCRIPT)
+    job = Nodes(3, 1, [str(script), str(dataset), str(run)], tmp_path, nnodes="2:3", max_restarts=3)
+
+    def three_nodes_saved() -> bool:
+        worlds = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()] if (run / "attempts.jsonl").exists() else []
+        saved = json.loads((run / "position.json").read_text())["step"] if (run / "position.json").exists() else 0
+        return bool(worlds) and worlds[-1]["world_size"] == 3 and saved >= worlds[-1]["start"] + 4
+
+    wait_for(three_nodes_saved, job.agents[0], timeout_s=180)
+    job.kill(2)
+    codes = job.wait()
+    assert codes[:2] == [0, 0], job.logs()
+    worlds, keys = elastic_timeline(run)
+    assert worlds[-2:] == [3, 2], worlds
+    assert len(keys) == len(set(keys)), "a sample was trained twice"
+    assert set(keys) <= {f"{i:09d}" for i in range(SHARDS * PER_SHARD)}
+    assert SHARDS * PER_SHARD - len(keys) < 2 * 6 + 6, "samples were skipped"
