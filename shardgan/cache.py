@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -36,8 +37,60 @@ LOCK_DIR = ".locks"
 EVICT_LOCK = ".evict.lock"
 
 
+SHARED_FILE_SYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs", "fuse.glusterfs", "panfs", "wekafs", "9p")
+"""Mount types that other nodes see too: a node-local cache there is neither local nor private."""
+
+
 def default_cache_dir() -> Path:
-    return Path(tempfile.gettempdir()) / f"shardgan-cache-{os.getuid()}"
+    """shardgan-cache-<uid> in the temp directory; under SLURM one per job (a requeued job keeps its id)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return Path(tempfile.gettempdir()) / (f"shardgan-cache-{os.getuid()}" + (f"-job{job}" if job else ""))
+
+
+def auto_limit(directory: Path) -> int:
+    """Half of what the cache could grow to at start: the free space of its file system plus
+    what it already holds, so that a cache never fills the disk it shares with others."""
+    directory.mkdir(parents=True, exist_ok=True)
+    held = sum(p.stat().st_size for p in directory.glob("*.tar"))
+    return (shutil.disk_usage(directory).free + held) // 2
+
+
+def file_system(path: Path, mounts: str | None = None) -> str:
+    """The mount type holding `path` (the longest mount point above it in /proc/mounts), or ""."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    path, best, kind = path.resolve(), -1, ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (path == point or point in path.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+def cache_warnings(directory: Path, limit_bytes: int, needed_bytes: int) -> list[str]:
+    """What to tell the user about a cache before the first download: on a shared file system,
+    or with a limit below the shards this node reads in an epoch (each epoch would download them
+    all again)."""
+    lines = []
+    kind = file_system(directory)
+    if kind in SHARED_FILE_SYSTEMS or kind.startswith("fuse."):
+        lines.append(f"shard cache {directory} is on a shared file system ({kind}): set data.cache_dir to a node-local disk")
+    if limit_bytes and limit_bytes < needed_bytes:
+        lines.append(
+            f"shard cache {directory} is limited to {_size(limit_bytes)} (data.cache_limit) but this node reads "
+            f"{_size(needed_bytes)} of shards an epoch: every epoch downloads them again"
+        )
+    return lines
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 1e9:.1f} GB" if num_bytes >= 10**8 else f"{num_bytes / 1e6:.1f} MB"
 
 
 @contextlib.contextmanager

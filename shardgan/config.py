@@ -35,9 +35,10 @@ class DataConfig:
     cache_dir: str = ""
     """Node-local directory for copies of remote shards: each is downloaded once per node, shared
     by all its ranks and workers, and read like a local shard. Empty: shardgan-cache-<uid> in the
-    system temp directory."""
-    cache_limit: str = "0"
-    """Evict least-recently-used cached shards past this size, e.g. "200GB" or "500MB"; "0": never."""
+    system temp directory, with -job<SLURM_JOB_ID> under SLURM, so two jobs' caches never mix."""
+    cache_limit: str = "auto"
+    """Evict least-recently-used cached shards past this size, e.g. "200GB" or "500MB"; "auto": half
+    of what the cache's file system has free (plus what the cache holds) at start; "0": never."""
     prefetch_shards: int = 2
     """Remote shards each rank's loader downloads ahead of the one it is reading."""
     fetch_attempts: int = 5
@@ -88,12 +89,12 @@ class DataConfig:
         _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
         _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")
         _check(self.fetch_backoff_s >= 0 and self.fetch_timeout_s > 0, "data.fetch_backoff_s must be >= 0, data.fetch_timeout_s > 0")
-        parse_size(self.cache_limit, "data.cache_limit")  # refused now, not at the first download
+        self.cache_limit_bytes  # refused now, not at the first download
 
     @property
-    def cache_limit_bytes(self) -> int:
-        """data.cache_limit in bytes (0: no limit)."""
-        return parse_size(self.cache_limit, "data.cache_limit")
+    def cache_limit_bytes(self) -> int | None:
+        """data.cache_limit in bytes (0: no limit; None: auto, worked out from the cache's disk)."""
+        return None if self.cache_limit == "auto" else parse_size(self.cache_limit, "data.cache_limit")
 
 
 LOSS_NAMES = ("bce", "hinge")

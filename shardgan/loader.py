@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import Prefetcher
+from .cache import Prefetcher, cache_warnings
 from .config import DataConfig
 from .errors import DataError
 from .plan import RankPlan, epoch_order
@@ -84,6 +84,11 @@ class ShardLoader:
                 f"{self.manifest.image_format} and the device is {self.device} (pack with --format jpg, train on cuda)"
             )
         self._reader = ShardReader(self.source, build_cache(cfg, self.source))
+        cache = self._reader.cache
+        if cache is not None and rank == 0:
+            share = sum(s.num_bytes for s in self.source.shards) // min(self.canonical_nodes, max(1, nodes))
+            for line in cache_warnings(cache.directory, cache.limit_bytes, share):
+                log.warning("%s", line)
         self._order: tuple[int, np.ndarray] | None = None
         # Chosen by measurement (tools/bench_loader.py): compressed samples decode in the reading
         # processes; raw ones are copied in this thread, torch's own threads sharing each copy
@@ -142,8 +147,8 @@ class ShardLoader:
         self._ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
         if pin:  # page-lock the shared pages in place, so the copies to the GPU are asynchronous
             torch.cuda.cudart().cudaHostRegister(self._ring.data_ptr(), self._ring.numel(), 0)
-        source, cfg = self.source, self.cfg
-        self._workers = ReadingProcesses(lambda: ShardReader(source, build_cache(cfg, source)), self._ring, self._num_workers, cfg.on_corrupt)
+        source, cache = self.source, self._reader.cache  # the same cache (and limit) in every process
+        self._workers = ReadingProcesses(lambda: ShardReader(source, cache), self._ring, self._num_workers, self.cfg.on_corrupt)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _shut_down, self._workers, self._reader)
 

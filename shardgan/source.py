@@ -14,7 +14,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from .cache import ShardCache, default_cache_dir
+from .cache import ShardCache, auto_limit, default_cache_dir
 from .config import DataConfig
 from .errors import DataError
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, parse_manifest
@@ -111,4 +111,6 @@ def build_cache(cfg: DataConfig, source: ShardSource) -> ShardCache | None:
     """The node-local cache remote shards are read through; None for local shards."""
     if source.urls is None:
         return None
-    return ShardCache(cfg.cache_dir or default_cache_dir(), cfg.cache_limit_bytes, fetch_policy(cfg))
+    directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    limit = cfg.cache_limit_bytes
+    return ShardCache(directory, auto_limit(directory) if limit is None else limit, fetch_policy(cfg))

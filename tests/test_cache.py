@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shardgan.cache import Prefetcher, ShardCache
+import shardgan.cache
+from shardgan.cache import Prefetcher, ShardCache, auto_limit, cache_warnings, default_cache_dir, file_system
 from shardgan.errors import DataError
 from shardgan.manifest import ShardInfo, sha256_file
 from shardgan.sources import FetchPolicy
@@ -145,3 +146,37 @@ def test_prefetcher_stops_when_closed_and_leaves_failures_to_the_reader():
     prefetcher.reading(3)
     time.sleep(0.1)
     assert calls == [0, 1]
+
+
+def test_default_cache_directory_is_one_per_slurm_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    plain = default_cache_dir()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert default_cache_dir() == plain.with_name(plain.name + "-job4242")
+
+
+def test_auto_limit_is_half_the_free_space_plus_what_the_cache_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.tar").write_bytes(b"x" * 3000)
+    (tmp_path / "notes.txt").write_bytes(b"x" * 500)  # not a cached shard
+    usage = shardgan.cache.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shardgan.cache.shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    assert auto_limit(tmp_path) == (10_000 + 3000) // 2
+
+
+def test_file_system_is_the_longest_mount_point_above_the_path(tmp_path: Path) -> None:
+    mounts = f"/dev/vda1 / ext4 rw 0 0\nserver:/export {tmp_path} nfs4 rw 0 0\ntmpfs {tmp_path}/x/ram tmpfs rw 0 0\n"
+    (tmp_path / "x" / "ram").mkdir(parents=True)
+    assert file_system(tmp_path / "x" / "cache", mounts) == "nfs4"
+    assert file_system(tmp_path / "x" / "ram" / "cache", mounts) == "tmpfs"
+    assert file_system(Path("/"), mounts) == "ext4"
+
+
+def test_cache_warnings_name_a_shared_file_system_and_a_limit_below_an_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shardgan.cache, "file_system", lambda path: "lustre")
+    lines = cache_warnings(tmp_path, 2 * 10**9, 5 * 10**9)
+    assert lines == [
+        f"shard cache {tmp_path} is on a shared file system (lustre): set data.cache_dir to a node-local disk",
+        f"shard cache {tmp_path} is limited to 2.0 GB (data.cache_limit) but this node reads 5.0 GB of shards an epoch: every epoch downloads them again",
+    ]
+    monkeypatch.setattr(shardgan.cache, "file_system", lambda path: "ext4")
+    assert cache_warnings(tmp_path, 6 * 10**9, 5 * 10**9) == []

@@ -165,7 +165,8 @@ def test_every_config_key_has_a_docstring() -> None:
 def test_cache_limit_takes_a_size_with_a_unit() -> None:
     assert load_config(None, ["data.cache_limit=200GB"]).data.cache_limit_bytes == 200 * 10**9
     assert load_config(None, ["data.cache_limit=1.5GiB"]).data.cache_limit_bytes == 3 * 2**29
-    assert load_config(None).data.cache_limit_bytes == 0  # no limit
+    assert load_config(None).data.cache_limit_bytes is None  # auto: from the cache disk's free space
+    assert load_config(None, ["data.cache_limit=0"]).data.cache_limit_bytes == 0  # no limit
     for bad in ("lots", "-1GB", "5XB"):
         with pytest.raises(ConfigError, match=f"data.cache_limit: expected a size like 200GB, 500MB or 0, got '{bad}'"):
             load_config(None, [f"data.cache_limit={bad}"])

@@ -161,3 +161,11 @@ def test_torchrun_ranks_over_http_equal_local_files_and_share_each_download(data
     assert [r["keys"] for r in reports] == all_ranks_epoch(dataset, 2, batch_size=3)
     assert {server.requests[f"train-{i:06d}.tar"] for i in range(4)} == {1}
     assert len(list((tmp_path / f"shardgan-cache-{os.getuid()}").glob("train-*.tar"))) == 4
+
+
+def test_a_cache_limit_below_an_epoch_is_said_once_at_start(dataset, server, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="shardgan.loader"):
+        loader = make_loader(f"{server.url}/{PATTERN}", batch_size=3, cache_dir=str(tmp_path), cache_limit="1KB")
+    loader.close()
+    lines = [r.getMessage() for r in caplog.records if "every epoch downloads them again" in r.getMessage()]
+    assert len(lines) == 1 and "limited to 0.0 MB" in lines[0], lines

@@ -10,7 +10,11 @@ reads samples) and, each in a fresh process, reports:
   worker_*_mb  per DataLoader worker, after walking its share of an epoch's plan and looking up
                every planned sample's offsets (what the reader does before each pread):
                RSS, and private memory (USS: pages the worker copied or allocated itself);
-  plan_s       time to compute an epoch's order and one worker's batches.
+  plan_s       time to compute an epoch's order and one worker's batches;
+  egress_*     bytes all nodes fetch in an epoch over the dataset's, 2-8 nodes of 8 ranks on the
+               GC7M collection's shards, with the epoch cut per node (data.canonical_nodes) and
+               with one piece for all (before): from the plan, no downloads (tests/test_nodes.py
+               measures it over http with real agents).
 
 "before" is version 1 loaded as the loader did until now (`ShardInfo(**entry)`, lists of ints);
 "after" is version 2 through `load_manifest`. The last line is one JSON object.
@@ -125,6 +129,22 @@ def measure(variant: str, path: Path, workers: int) -> dict[str, float]:
     }
 
 
+def egress(shard_sizes: list[int], nodes: int, ranks_per_node: int, batch_size: int, canonical_nodes: int) -> float:
+    """Bytes all nodes fetch in epoch 0 (each shard once per node that reads any of it: node-local
+    caches) over the dataset's, from the plan alone; a shard's bytes are taken as its sample count."""
+    order = epoch_order(shard_sizes, seed=0, epoch=0)
+    world = nodes * ranks_per_node
+    fetched = 0
+    for node in range(nodes):
+        touched: set[int] = set()
+        for rank in range(node * ranks_per_node, (node + 1) * ranks_per_node):
+            plan = RankPlan(0, 0, len(order), world, rank, batch_size, canonical_nodes)
+            steps = plan.batch_indices(0) + plan.per_piece * np.arange(plan.num_batches)[:, None]
+            touched.update(np.unique(order[steps.ravel(), 0]).tolist())
+        fetched += sum(shard_sizes[s] for s in touched)
+    return fetched / sum(shard_sizes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1_000_000)
@@ -154,6 +174,13 @@ def main() -> None:
                 f"plan {r[f'{variant}_plan_s']:.3f} s/epoch",
                 flush=True,
             )
+    # The GC7M collection packed raw at 256 MB shards: 1M samples, 13,150 a shard; 8 ranks per node.
+    gc7m = [13_150] * (1_000_000 // 13_150) + [1_000_000 % 13_150]
+    for nodes in (2, 4, 8):
+        for canonical, name in ((1, "one_piece"), (nodes, "per_node")):
+            r[f"egress_{name}_{nodes}_nodes"] = egress(gc7m, nodes, 8, 128, canonical)
+        print(f"{nodes} nodes x 8 ranks, batch 128, {len(gc7m)} shards: all nodes fetch {r[f'egress_per_node_{nodes}_nodes']:.3f}x the dataset an epoch "
+              f"with one canonical node each ({r[f'egress_one_piece_{nodes}_nodes']:.2f}x with one piece for all)", flush=True)
     r["load_speedup"] = r["before_load_s"] / r["after_load_s"]
     r["worker_private_saved_mb"] = r["before_worker_uss_mb"] - r["after_worker_uss_mb"]
     print(f"load {r['load_speedup']:.1f}x faster; {r['worker_private_saved_mb']:.0f} MB less private memory per worker "
