@@ -31,11 +31,12 @@ REFUSED, ELASTIC, APPLIED, FREE = "refused", "elastic", "applied", "free"
 CHANGE_POLICY: dict[str, str] = {
     # refused: the saved weights or data position mean nothing under the new value
     **dict.fromkeys(("model.width", "model.height", "model.channels", "model.nz", "model.ngf", "model.ndf"), REFUSED),
-    **dict.fromkeys(("model.loss", "model.spectral_norm", "data.seed", "data.split"), REFUSED),
+    **dict.fromkeys(("model.loss", "model.spectral_norm", "model.d_batchnorm", "model.minibatch_std", "data.seed", "data.split"), REFUSED),
     # elastic: continues correctly but not bit-exactly; only with checkpoint.allow_config_change
     **dict.fromkeys(("data.batch_size", "train.seed"), ELASTIC),
     # applied with a warning: the run continues from here under the new value, not bit-exactly
     **dict.fromkeys(("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2", "train.ema_decay"), APPLIED),
+    **dict.fromkeys(("optim.r1_gamma", "optim.r2_gamma", "optim.penalty_every_steps"), APPLIED),
     **dict.fromkeys(("data.translate_px", "data.color_jitter", "data.hflip"), APPLIED),
     **dict.fromkeys(("augment.policy", "augment.probability", "augment.translation_ratio", "augment.cutout_ratio"), APPLIED),
     **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),

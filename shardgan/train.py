@@ -26,7 +26,7 @@ from .augment import augment
 from .config import Config, load_config, to_toml
 from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
-from .losses import LOSSES
+from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
@@ -40,7 +40,8 @@ log = logging.getLogger("shardgan")
 
 
 def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One D step (real -> 1, G(z) -> 0) and one G step (G(z) -> 1) on a uint8 batch.
+    """One D step (real -> 1, G(z) -> 0; with optim.r1_gamma/r2_gamma, the gradient penalties
+    on the images D saw) and one G step (G(z) -> 1) on a uint8 batch.
 
     With augment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
@@ -53,18 +54,32 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     z = torch.randn(real.shape[0], cfg.model.nz, 1, 1, generator=noise_rng, device=t.device)  # (B, nz, 1, 1)
     through_d = _d_inputs(t, real.shape)
 
+    optim = cfg.optim
+    penalize = t.step % optim.penalty_every_steps == 0
+    r1, r2 = penalize and optim.r1_gamma > 0, penalize and optim.r2_gamma > 0
     with t.autocast():
         fake = t.g_run(z)  # (B, C, H, W)
         fake_seen = through_d(fake)  # what D judges, in both steps
-        real_logits, fake_logits = t.d_run(through_d(real)), t.d_run(fake_seen.detach())  # (B,), (B,)
+        real_in, fake_in = through_d(real).detach().requires_grad_(r1), fake_seen.detach().requires_grad_(r2)
+        real_logits, fake_logits = t.d_run(real_in), t.d_run(fake_in)  # (B,), (B,)
         loss_d = d_loss(real_logits, fake_logits)
+        penalties = {}
+        if r1:
+            penalties["r1"] = gradient_penalty(real_logits, real_in)
+        if r2:
+            penalties["r2"] = gradient_penalty(fake_logits, fake_in)
+        # lazily regularized: every penalty_every_steps-th step, that many times as strong
+        gammas = {"r1": optim.r1_gamma, "r2": optim.r2_gamma}
+        loss_d_total = loss_d + sum(gammas[k] / 2 * optim.penalty_every_steps * v for k, v in penalties.items())
     t.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    loss_d_total.backward()
     t.opt_d.step()
 
     t.d.requires_grad_(False)
     with t.autocast():
-        loss_g = g_loss(t.d_frozen(fake_seen))
+        with torch.no_grad():  # the reals G's fakes are paired with, judged by the D just updated
+            real_ref = t.d_frozen(through_d(real)) if cfg.model.loss in RELATIVISTIC else None
+        loss_g = g_loss(t.d_frozen(fake_seen), real_ref)
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
@@ -78,6 +93,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
         "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
         "diversity": _diversity(fake.detach(), real),
+        **{k: v.detach() for k, v in penalties.items()},
     }
     if t.diff_augment is not None and t.diff_augment.ada is not None:
         stats["augment_p"] = torch.tensor(t.diff_augment.p)
