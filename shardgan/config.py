@@ -179,8 +179,12 @@ class TrainConfig:
     sample_every_steps: int = 500
     """A sample grid from the fixed noise every N steps (0: only at epoch ends)."""
     collapse_logs: int = 20
-    """Collapse watchdog: warn (and mark metrics.jsonl) once D has won, or the samples' diversity
-    has collapsed, for this many log lines in a row; 0 disables."""
+    """Collapse watchdog: warn (and mark metrics.jsonl) once D has won for this many log lines in
+    a row; 0 disables."""
+    collapse_evals: int = 2
+    """Collapse watchdog: warn (and mark metrics.jsonl, naming the best checkpoint) once the
+    samples' diversity, measured at each evaluation (eval.every_steps), has been below 0.4 of
+    the val images' for this many evaluations in a row; 0 disables."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -192,6 +196,7 @@ class TrainConfig:
         _check(self.log_every_steps >= 1, "train.log_every_steps must be >= 1")
         _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
         _check(self.collapse_logs >= 0, "train.collapse_logs must be >= 0")
+        _check(self.collapse_evals >= 0, "train.collapse_evals must be >= 0")
 
 
 AUGMENT_OPS = ("translation", "cutout", "color")

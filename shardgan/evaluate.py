@@ -16,7 +16,7 @@ from .config import Config, DataConfig, config_from_dict
 from .errors import CheckpointError
 from .generate import generate_images, generator_from_state
 from .reader import sample_images
-from .quality import FidKid, SlicedWasserstein, inception_features
+from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
 from .rundir import RunDir, append_metrics
 
 log = logging.getLogger("shardgan")
@@ -32,6 +32,8 @@ class Evaluator:
     """The real side, computed once per run: SWD descriptors and, with weights, Inception features."""
 
     swd: SlicedWasserstein
+    real_distance: torch.Tensor
+    """The val images' mean pairwise distance (quality.mean_pairwise_distance): diversity's reference."""
     num_images: int
     nz: int
     device: torch.device
@@ -46,11 +48,14 @@ class Evaluator:
                 cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
-        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
+        swd = SlicedWasserstein.with_mode(real, cfg.eval.swd_mode)
+        return cls(swd=swd, real_distance=mean_pairwise_distance(real), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
 
     def __call__(self, generator: nn.Module) -> dict[str, Any]:
+        """SWD and diversity (the samples' mean pairwise distance over the val images') of
+        `num_images` samples from fixed latents (the same every call), FID/KID with weights."""
         fake = generate_images(generator, self.num_images, self.nz, self.device)
-        scores = self.swd(fake)
+        scores = {**self.swd(fake), "diversity": round(diversity(fake, self.real_distance).item(), 4)}
         if self.fid_kid is not None:
             scores.update(self.fid_kid(fake))
         return scores

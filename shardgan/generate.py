@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,8 +12,37 @@ from . import checkpoint as ckpt
 from .config import config_from_dict
 from .errors import CheckpointError
 from .models import Generator, choose_layout
-from .rundir import RunDir
+from .rundir import RunDir, read_metrics
 from .viz import save_grid
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A checkpoint of a run, with the SWD training logged at its step (None: not evaluated there)."""
+
+    path: Path
+    step: int
+    swd: float | None
+
+    def __str__(self) -> str:
+        swd = f"SWD {self.swd:.2f}" if self.swd is not None else "no SWD logged"
+        return f"{self.path} (step {self.step}, {swd})"
+
+
+def checkpoint_info(run: RunDir, path: Path, step: int) -> CheckpointInfo:
+    swd = [r["swd"] for r in read_metrics(run.metrics) if r.get("step") == step and "swd" in r]
+    return CheckpointInfo(path, step, swd[-1] if swd else None)
+
+
+def best_checkpoint(run: RunDir) -> CheckpointInfo | None:
+    """checkpoints/best/'s checkpoint: the lowest SWD training logged (None before any evaluation)."""
+    found = ckpt.newest_complete(run.best_checkpoints)
+    return checkpoint_info(run, found[1], found[0]) if found else None
+
+
+def newest_checkpoint(run: RunDir) -> CheckpointInfo | None:
+    found = ckpt.newest_complete(run.checkpoints)
+    return checkpoint_info(run, found[1], found[0]) if found else None
 
 
 def generator_from_state(state: dict) -> Generator:

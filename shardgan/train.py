@@ -28,6 +28,7 @@ from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
+from .quality import diversity
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
@@ -92,7 +93,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         "loss_g": loss_g.detach(),
         "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
         "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-        "diversity": _diversity(fake.detach(), real),
+        "diversity": diversity(fake.detach(), real),  # this batch's; the watchdog reads the evaluations'
         **{k: v.detach() for k, v in penalties.items()},
     }
     if t.diff_augment is not None and t.diff_augment.ada is not None:
@@ -108,12 +109,6 @@ def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.T
     rng = derived_generator(t.cfg.train.seed, t.world.rank, t.step, DIFF_AUGMENT, device=t.device)
     params = t.diff_augment.draw(shape, rng, t.device)
     return lambda x: t.diff_augment(x, params)
-
-
-def _diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-pixel std over the fake batch / the same over the real batch: ~1 when G varies as much
-    as the data, near 0 when every z gives the same image (mode collapse)."""
-    return fake.float().std(dim=0).mean() / real.float().std(dim=0).mean().clamp_min(1e-8)
 
 
 def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
