@@ -13,8 +13,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import Config, DataConfig, config_from_dict
-from .errors import CheckpointError
-from .generate import generate_images, generator_from_state
+from .generate import Chosen, choose_checkpoint, generate_images, generator_from_state
 from .reader import sample_images
 from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
 from .rundir import RunDir, append_metrics
@@ -61,16 +60,17 @@ class Evaluator:
         return scores
 
 
-def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides: list[str] | None = None, *, best: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_root: str | Path, checkpoint: Path | None = None, overrides: list[str] | None = None, *, best: bool = False
+) -> tuple[Chosen, dict[str, Any]]:
     """`shardgan eval`: score a run's checkpoint (default: its newest valid one, or with `best` the
     lowest-SWD one) against its val split; `overrides` (section.key=value) change eval settings or
-    point data.shards elsewhere. The scores are also appended to the run's eval.jsonl."""
+    point data.shards elsewhere. The scores are also appended to the run's eval.jsonl.
+    Returns the checkpoint used (with the SWD training logged for it) and the scores."""
     run = RunDir(Path(run_root))
-    if not run.root.is_dir():
-        raise CheckpointError(f"run directory not found: {run.root}")
-    state, checkpoint = ckpt.load_given_or_newest(run.best_checkpoints if best else run.checkpoints, checkpoint)
-    cfg = config_from_dict(state[ckpt.CONFIG], str(checkpoint), overrides)
+    state, chosen = choose_checkpoint(run, checkpoint, best)
+    cfg = config_from_dict(state[ckpt.CONFIG], str(chosen.used.path), overrides)
     device = torch.device("cpu")
-    scores = {"step": state[ckpt.STEP], "checkpoint": str(checkpoint), **Evaluator.build(cfg, device)(generator_from_state(state))}
+    scores = {"step": state[ckpt.STEP], "checkpoint": str(chosen.used.path), **Evaluator.build(cfg, device)(generator_from_state(state))}
     append_metrics(run.eval_metrics, scores)
-    return scores
+    return chosen, scores

@@ -24,6 +24,7 @@ from . import distributed as dist
 from . import resume
 from .augment import augment
 from .config import Config, load_config, to_toml
+from .generate import checkpoint_lines
 from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES, RELATIVISTIC, gradient_penalty
@@ -148,6 +149,9 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                 )  # fmt: skip
                 t.wrap()
                 stopped = run_loop(t, loader, rd, stop)
+                if world.is_main:
+                    for line in checkpoint_lines(rd):
+                        log.info(line)
                 if stopped:
                     by = stop.name or "a signal to another rank"
                     log.info("stopped by %s at step %d with a checkpoint; resume with: %s", by, t.step, launch_command())

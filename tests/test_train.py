@@ -162,8 +162,8 @@ def test_a_cuda_run_checkpoints_what_a_cpu_generates_from(tiny_shards: Path, tmp
     state = newest(run)
     assert state[ckpt.STEP] == 10 and state[ckpt.RNG][0]["cuda"] is not None
     assert all(r["loss_d"] == r["loss_d"] for r in read_metrics(run / "metrics.jsonl"))  # no NaN logged
-    step, paths = generate(run, num_images=4, out=tmp_path / "generated")
-    assert step == 10 and paths[0].exists()
+    chosen, paths = generate(run, num_images=4, out=tmp_path / "generated")
+    assert chosen.used.step == 10 and paths[0].exists()
 
 
 # -- the relativistic loss and the gradient penalties -------------------------------------------
@@ -312,3 +312,14 @@ def test_ddp_all_reduces_ds_gradient_through_the_penalties_double_backward() -> 
     for step_grads0, step_grads1 in zip(grads0, grads1):
         assert all((a == b).all() and a.any() for a, b in zip(step_grads0, step_grads1))
     assert all((a == b).all() for a, b in zip(params0, params1))
+
+
+def test_the_last_lines_name_the_newest_and_the_best_checkpoint_with_their_swd(best_is_older: Path, straight: Path) -> None:
+    newest, best = best_is_older / "checkpoints" / "step_00000020.pt", best_is_older / "checkpoints" / "best" / "step_00000010.pt"
+    last = [line.split(" INFO ", 1)[-1] for line in (best_is_older / "train.log").read_text().splitlines()[-2:]]
+    assert last == [
+        f"newest checkpoint: {newest} (step 20, logged SWD 60.00)",
+        f"best checkpoint: {best} (step 10, logged SWD 30.00); shardgan generate/eval --best use it",
+    ]
+    no_val = (straight / "train.log").read_text().splitlines()[-1]
+    assert no_val.endswith("best checkpoint: none (no evaluation; set eval.every_steps and pack with --val)")
