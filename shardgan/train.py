@@ -57,7 +57,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     through_d = _d_inputs(t, real.shape)
 
     optim = cfg.optim
-    penalize = t.step % optim.penalty_every_steps == 0
+    penalize = (t.step + 1) % optim.penalty_every_steps == 0  # the step counted as t.step + 1: log lines at multiples show them
     r1, r2 = penalize and optim.r1_gamma > 0, penalize and optim.r2_gamma > 0
     with t.autocast():
         fake = t.g_run(z)  # (B, C, H, W)

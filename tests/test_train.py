@@ -200,7 +200,7 @@ def test_the_d_step_adds_gamma_half_times_k_times_each_penalty_on_penalty_steps_
     from shardgan.train import train_step
 
     gamma1, gamma2, k = 0.3, 0.7, 2
-    for step, penalized in ((4, True), (5, False)):
+    for step, penalized in ((5, True), (4, False)):  # t.step 5 is counted as step 6
         with_pen, plain = rpgan_trainer(gamma1, gamma2, k), rpgan_trainer(0.0, 0.0, k)
         with_pen.step = plain.step = step
         d0, g0 = copy.deepcopy(with_pen.d), copy.deepcopy(with_pen.g)
@@ -260,7 +260,7 @@ def test_rpgan_with_lazy_penalties_and_minibatch_std_resumes_exactly(tiny_shards
     for key in COMPARED:
         assert_same_state(a[key], b[key], key)
     penalized = [r["step"] for r in read_metrics(straight / "metrics.jsonl") if "r1" in r]
-    assert penalized and all((s - 1) % 3 == 0 for s in penalized)  # logged after step s - 1 ran
+    assert penalized == [15, 30]  # the log lines (every 5) at penalized steps (every 3)
 
 
 def _ddp_rank(rank: int, port: int, results) -> None:
