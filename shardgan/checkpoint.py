@@ -85,6 +85,12 @@ def is_complete(path: Path) -> bool:
     return _meta_path(path).exists()
 
 
+def newest_complete(directory: Path) -> tuple[int, Path] | None:
+    """The step and path of the newest complete checkpoint in `directory` (not loaded or checked)."""
+    complete = [p for p in list_checkpoints(directory) if is_complete(p)] if directory.is_dir() else []
+    return (_step_of(complete[0]), complete[0]) if complete else None
+
+
 def prune(directory: Path, keep_last: int, written: Path) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints, and every orphan .pt (a kill
     between the .pt and its .json: it can never load). Only complete ones count, and neither the

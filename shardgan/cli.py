@@ -127,14 +127,16 @@ def generate_cmd(
     grid: bool = typer.Option(True, "--grid/--separate", metavar="", help="One grid PNG or one PNG per image"),
     interpolate: int = typer.Option(0, "--interpolate", min=0, help="Write an N-image latent walk strip instead (0: off)"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file (default: newest valid)"),
+    best: bool = typer.Option(False, "--best", metavar="", help="Use the run's best-SWD checkpoint instead of the newest"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN_DIR/generated)"),
 ) -> None:
-    """Write images from a run's EMA generator."""
+    """Write images from a run's EMA generator; says which checkpoint, with the SWD training logged for it."""
     from .generate import generate
 
-    step, paths = generate(run_dir, num_images=num_images, seed=seed, grid=grid, interpolate=interpolate, checkpoint=checkpoint, out=out)
+    chosen, paths = generate(run_dir, num_images=num_images, seed=seed, grid=grid, interpolate=interpolate, checkpoint=checkpoint, out=out, best=best)
+    typer.echo(chosen.describe())
     for path in paths:
-        typer.echo(f"wrote {path} (generator of step {step})")
+        typer.echo(f"wrote {path} (generator of step {chosen.used.step})")
 
 
 @app.command("eval")
@@ -146,13 +148,16 @@ def eval_cmd(
     fid_weights: Optional[Path] = typer.Option(None, "--fid-weights", help="torchvision inception_v3 state_dict file: adds FID and KID"),
     shards: Optional[str] = typer.Option(None, "--shards", help="Dataset with the val split (default: the run's data.shards)"),
 ) -> None:
-    """Score a checkpoint's generator against the val split: SWD (and FID/KID with --fid-weights); appends to RUN_DIR/eval.jsonl."""
+    """Score a checkpoint's generator against the val split: SWD and diversity (and FID/KID with --fid-weights) as one
+    JSON line on stdout, appended to RUN_DIR/eval.jsonl; stderr says which checkpoint, with the SWD training logged for it."""
     from .evaluate import evaluate_run
 
     overrides = [f"eval.num_images={num_images}"] if num_images is not None else []
     overrides += [f"eval.fid_weights={fid_weights}"] if fid_weights else []
     overrides += [f"data.shards={shards}"] if shards else []
-    typer.echo(json.dumps(evaluate_run(run_dir, checkpoint, overrides, best=best)))
+    chosen, scores = evaluate_run(run_dir, checkpoint, overrides, best=best)
+    typer.echo(chosen.describe(), err=True)
+    typer.echo(json.dumps(scores))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,7 @@ class DataConfig:
         return None if self.cache_limit == "auto" else parse_size(self.cache_limit, "data.cache_limit")
 
 
-LOSS_NAMES = ("bce", "hinge")
+LOSS_NAMES = ("bce", "hinge", "rpgan")
 """The losses `model.loss` may name (losses.LOSSES holds one pair of functions per name)."""
 
 
@@ -116,15 +116,25 @@ class ModelConfig:
     ndf: int = 64
     """D's feature maps in its first layer (doubling per layer up to 8x)."""
     loss: str = "bce"
-    """bce: the original project's loss; hinge: hinge loss (use with spectral_norm)."""
+    """bce: the original project's loss; hinge: hinge loss (use with spectral_norm); rpgan: R3GAN's
+    relativistic pairing loss (use with optim.r1_gamma, r2_gamma and d_batchnorm=false). See
+    docs/losses.md."""
     spectral_norm: bool = False
     """Spectral norm on D's convolutions (and no BatchNorm in D)."""
+    d_batchnorm: bool = True
+    """BatchNorm in D's hidden layers (the original project's); false: none, as in R3GAN's and
+    ProGAN's D. Ignored with spectral_norm, which has none."""
+    minibatch_std: int = 0
+    """ProGAN's minibatch-stddev layer before D's last convolution, over groups of this many
+    images (StyleGAN2: 4; must divide data.batch_size): D sees how alike a group is, so a
+    collapsed G is easy to tell from the data. 0: off."""
 
     def __post_init__(self) -> None:
         _check(self.width >= 8 and self.height >= 8, "model.width and model.height must be >= 8")
         _check(self.channels in (1, 3), "model.channels must be 1 or 3")
         _check(self.loss in LOSS_NAMES, f"model.loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         _check(min(self.nz, self.ngf, self.ndf) >= 1, "model.nz, ngf, ndf must be >= 1")
+        _check(self.minibatch_std >= 0 and self.minibatch_std != 1, "model.minibatch_std must be 0 (off) or a group size >= 2")
 
 
 @dataclass
@@ -137,10 +147,20 @@ class OptimConfig:
     """Adam beta1; DCGAN's 0.5 (the default 0.9 oscillates)."""
     beta2: float = 0.999
     """Adam beta2."""
+    r1_gamma: float = 0.0
+    """Zero-centred gradient penalty on the reals: D's loss += r1_gamma / 2 * E[||grad_x D(x)||^2]
+    (R1; R3GAN pairs it with R2 at the same gamma). 0: off."""
+    r2_gamma: float = 0.0
+    """The same penalty on the fakes, E over G(z) (R2). 0: off."""
+    penalty_every_steps: int = 1
+    """Lazy regularization (StyleGAN2): the penalties only at steps divisible by this, scaled by it,
+    so their average pull is unchanged at a fraction of the cost."""
 
     def __post_init__(self) -> None:
         _check(self.lr_g > 0 and self.lr_d > 0, "optim.lr_g and optim.lr_d must be > 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        _check(self.r1_gamma >= 0 and self.r2_gamma >= 0, "optim.r1_gamma and optim.r2_gamma must be >= 0")
+        _check(self.penalty_every_steps >= 1, "optim.penalty_every_steps must be >= 1")
 
 
 @dataclass
@@ -166,8 +186,12 @@ class TrainConfig:
     sample_every_steps: int = 500
     """A sample grid from the fixed noise every N steps (0: only at epoch ends)."""
     collapse_logs: int = 20
-    """Collapse watchdog: warn (and mark metrics.jsonl) once D has won, or the samples' diversity
-    has collapsed, for this many log lines in a row; 0 disables."""
+    """Collapse watchdog: warn (and mark metrics.jsonl) once D has won for this many log lines in
+    a row; 0 disables."""
+    collapse_evals: int = 2
+    """Collapse watchdog: warn (and mark metrics.jsonl, naming the best checkpoint) once the
+    samples' diversity, measured at each evaluation (eval.every_steps), has been below 0.4 of
+    the val images' for this many evaluations in a row; 0 disables."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs must be >= 1")
@@ -179,6 +203,7 @@ class TrainConfig:
         _check(self.log_every_steps >= 1, "train.log_every_steps must be >= 1")
         _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
         _check(self.collapse_logs >= 0, "train.collapse_logs must be >= 0")
+        _check(self.collapse_evals >= 0, "train.collapse_evals must be >= 0")
 
 
 AUGMENT_OPS = ("translation", "cutout", "color")

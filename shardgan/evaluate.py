@@ -13,10 +13,9 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .config import Config, DataConfig, config_from_dict
-from .errors import CheckpointError
-from .generate import generate_images, generator_from_state
+from .generate import Chosen, choose_checkpoint, generate_images, generator_from_state
 from .reader import sample_images
-from .quality import FidKid, SlicedWasserstein, inception_features
+from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
 from .rundir import RunDir, append_metrics
 
 log = logging.getLogger("shardgan")
@@ -32,6 +31,8 @@ class Evaluator:
     """The real side, computed once per run: SWD descriptors and, with weights, Inception features."""
 
     swd: SlicedWasserstein
+    real_distance: torch.Tensor
+    """The val images' mean pairwise distance (quality.mean_pairwise_distance): diversity's reference."""
     num_images: int
     nz: int
     device: torch.device
@@ -46,26 +47,30 @@ class Evaluator:
                 cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
-        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
+        swd = SlicedWasserstein.with_mode(real, cfg.eval.swd_mode)
+        return cls(swd=swd, real_distance=mean_pairwise_distance(real), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
 
     def __call__(self, generator: nn.Module) -> dict[str, Any]:
+        """SWD and diversity (the samples' mean pairwise distance over the val images') of
+        `num_images` samples from fixed latents (the same every call), FID/KID with weights."""
         fake = generate_images(generator, self.num_images, self.nz, self.device)
-        scores = self.swd(fake)
+        scores = {**self.swd(fake), "diversity": round(diversity(fake, self.real_distance).item(), 4)}
         if self.fid_kid is not None:
             scores.update(self.fid_kid(fake))
         return scores
 
 
-def evaluate_run(run_root: str | Path, checkpoint: Path | None = None, overrides: list[str] | None = None, *, best: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    run_root: str | Path, checkpoint: Path | None = None, overrides: list[str] | None = None, *, best: bool = False
+) -> tuple[Chosen, dict[str, Any]]:
     """`shardgan eval`: score a run's checkpoint (default: its newest valid one, or with `best` the
     lowest-SWD one) against its val split; `overrides` (section.key=value) change eval settings or
-    point data.shards elsewhere. The scores are also appended to the run's eval.jsonl."""
+    point data.shards elsewhere. The scores are also appended to the run's eval.jsonl.
+    Returns the checkpoint used (with the SWD training logged for it) and the scores."""
     run = RunDir(Path(run_root))
-    if not run.root.is_dir():
-        raise CheckpointError(f"run directory not found: {run.root}")
-    state, checkpoint = ckpt.load_given_or_newest(run.best_checkpoints if best else run.checkpoints, checkpoint)
-    cfg = config_from_dict(state[ckpt.CONFIG], str(checkpoint), overrides)
+    state, chosen = choose_checkpoint(run, checkpoint, best)
+    cfg = config_from_dict(state[ckpt.CONFIG], str(chosen.used.path), overrides)
     device = torch.device("cpu")
-    scores = {"step": state[ckpt.STEP], "checkpoint": str(checkpoint), **Evaluator.build(cfg, device)(generator_from_state(state))}
+    scores = {"step": state[ckpt.STEP], "checkpoint": str(chosen.used.path), **Evaluator.build(cfg, device)(generator_from_state(state))}
     append_metrics(run.eval_metrics, scores)
-    return scores
+    return chosen, scores

@@ -22,6 +22,7 @@ from .atomic import write_bytes_atomic
 from .config import to_toml
 from .errors import ConfigError, NonFiniteLossError, ShardganError
 from .evaluate import Evaluator
+from .generate import best_checkpoint
 from .loader import ShardLoader
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
@@ -48,43 +49,55 @@ class Meter:
 
 D_WINS_REAL, D_WINS_FAKE = 0.95, 0.05
 """D 'wins' a log line when its mean sigmoid output is above 0.95 on reals and below 0.05 on fakes."""
-MIN_DIVERSITY = 0.2
-"""Below this, the fake batch varies (per-pixel std) less than a fifth as much as the real batch."""
+MIN_DIVERSITY = 0.4
+"""Below this, the fixed-noise samples of an evaluation are on average less than 40 % as far apart
+as the val images (on small downsampled images: quality.mean_pairwise_distance). A healthy
+run's stays near 1; one image plus speckle scores near 0."""
 
 
 @dataclass
 class CollapseWatchdog:
-    """The original project's failure, said out loud: D wins (d_real near 1, d_fake near 0) or the
-    samples' diversity collapses for `logs_in_a_row` log lines in a row. Fed every log record;
-    its streaks are recomputed from metrics.jsonl on resume, so a resumed run flags the same steps."""
+    """The original project's failure, said out loud: D wins (d_real near 1, d_fake near 0) for
+    `logs_in_a_row` log lines in a row, or the samples' diversity stays below MIN_DIVERSITY for
+    `evals_in_a_row` evaluations in a row (mode collapse). Fed every metrics record (log lines
+    and evaluations); its streaks are recomputed from metrics.jsonl on resume, so a resumed run
+    flags the same steps."""
 
     logs_in_a_row: int
+    evals_in_a_row: int
     d_wins: int = 0
     low_diversity: int = 0
+    started: list[str] = field(default_factory=list)
+    """The streaks the last record brought to their threshold (warned about once)."""
 
     def check(self, record: dict) -> str | None:
-        """Count one log record; the collapse it is in ("d_wins", "low_diversity", both joined by
-        "+"), or None. A streak counts from `logs_in_a_row` lines on; 0 disables the watchdog."""
-        self.d_wins = self.d_wins + 1 if record["d_real"] > D_WINS_REAL and record["d_fake"] < D_WINS_FAKE else 0
-        self.low_diversity = self.low_diversity + 1 if record.get("diversity", 1.0) < MIN_DIVERSITY else 0
-        if self.logs_in_a_row == 0:
-            return None
-        found = [name for name, streak in (("d_wins", self.d_wins), ("low_diversity", self.low_diversity)) if streak >= self.logs_in_a_row]
+        """Count one record; the collapse it is in ("d_wins", "low_diversity", both joined by "+"),
+        or None. A streak counts from its threshold on; a threshold of 0 disables it."""
+        before = self._found()
+        if "swd" in record:  # an evaluation
+            if "diversity" in record:
+                self.low_diversity = self.low_diversity + 1 if record["diversity"] < MIN_DIVERSITY else 0
+        elif "d_real" in record:  # a log line
+            self.d_wins = self.d_wins + 1 if record["d_real"] > D_WINS_REAL and record["d_fake"] < D_WINS_FAKE else 0
+        found = self._found()
+        self.started = [name for name in found if name not in before]
         return "+".join(found) or None
 
-    def just_started(self) -> list[str]:
-        """The streaks that reached the threshold with the last record (warn once per streak)."""
-        return [name for name, streak in (("d_wins", self.d_wins), ("low_diversity", self.low_diversity)) if self.logs_in_a_row and streak == self.logs_in_a_row]
+    def _found(self) -> list[str]:
+        streaks = (("d_wins", self.d_wins, self.logs_in_a_row), ("low_diversity", self.low_diversity, self.evals_in_a_row))
+        return [name for name, streak, needed in streaks if needed and streak >= needed]
 
-    def message(self, name: str, step: int) -> str:
+    def message(self, name: str, step: int, record: dict, best: str) -> str:
+        """The warning for a streak that just started; `best`: the best checkpoint, described."""
         if name == "d_wins":
             return (
                 f"collapse watchdog at step {step}: D has won (D(x) > {D_WINS_REAL}, D(G(z)) < {D_WINS_FAKE}) for {self.logs_in_a_row} "
-                "log lines in a row, so G learns little; try model.loss=hinge model.spectral_norm=true, augment.policy or a lower optim.lr_d"
+                "log lines in a row, so G learns little; try model.loss=rpgan with optim.r1_gamma and r2_gamma (docs/losses.md), "
+                "augment.policy or a lower optim.lr_d"
             )
         return (
-            f"collapse watchdog at step {step}: the samples vary less than {MIN_DIVERSITY:.0%} as much as the real images for "
-            f"{self.logs_in_a_row} log lines in a row (mode collapse); resume an earlier checkpoint with other settings"
+            f"collapse watchdog at step {step}: mode collapse: the samples are {record['diversity']:.2f} as far apart as the real "
+            f"images (below {MIN_DIVERSITY}) for {self.evals_in_a_row} evaluations in a row; best checkpoint: {best}"
         )
 
 
@@ -145,7 +158,7 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
     val = loader.manifest.splits.get("val")
     if not val or not val.shards:
         if t.world.is_main:
-            log.warning("no val split in %s: SWD evaluation is skipped (pack with --val to get one)", t.cfg.data.shards)
+            log.warning("no val split in %s: SWD evaluation, the best checkpoint and the samples' diversity check are skipped (pack with --val to get one)", t.cfg.data.shards)
         return None
     evaluator, error = None, ""
     if t.world.is_main:
@@ -170,11 +183,10 @@ class Hooks:
         self.saved_at = time.monotonic()
         self.evaluator = build_evaluator(t, loader)
         self.tensorboard = TensorBoard(rd, t.step) if t.world.is_main else None
-        self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs)
+        self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs, t.cfg.train.collapse_evals)
         if t.world.is_main:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
             for record in read_metrics(rd.metrics):
-                if "d_real" in record:
-                    self.watchdog.check(record)
+                self.watchdog.check(record)
 
     def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
         """Agree on stop/finite/time (one all-reduce), log, samples, eval, checkpoint. True: stop now."""
@@ -220,16 +232,22 @@ class Hooks:
         """SWD of the sampler on rank 0 (the others wait a few seconds): logged to metrics.jsonl and
         plotted; a new lowest SWD also saves a full checkpoint into checkpoints/best/."""
         t, rd = self.t, self.rd
-        best = False
+        best, record = False, {}
         if self.evaluator is not None:
             scores = self.evaluator(t.sampler)
             earlier = [r["swd"] for r in read_metrics(rd.metrics) if "swd" in r and r["step"] < t.step]
             best = not earlier or scores["swd"] < min(earlier)
-            append_metrics(rd.metrics, {"step": t.step, **scores})
+            record = {"step": t.step, **scores}
+            collapse = self.watchdog.check(record)
+            if collapse is not None:
+                record["collapse"] = collapse
+            append_metrics(rd.metrics, record)
             self.tensorboard.scalars(t.step, {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
             save_curve(read_metrics(rd.metrics), ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
-            log.info("step %d: swd %.2f%s", t.step, scores["swd"], " (lowest so far)" if best else "")
+            log.info("step %d: swd %.2f, diversity %.2f%s", t.step, scores["swd"], scores["diversity"], " (lowest so far)" if best else "")
         self.maybe_checkpoint(dist.broadcast_from_main(best), best=True)
+        if "low_diversity" in self.watchdog.started and record:  # after the save: best/ is up to date
+            log.warning(self.watchdog.message("low_diversity", t.step, record, str(best_checkpoint(rd) or "none yet")))
 
     def log_metrics(self, stats: dict[str, torch.Tensor], epoch: int) -> None:
         t = self.t
@@ -239,8 +257,8 @@ class Hooks:
         collapse = self.watchdog.check(record)
         if collapse is not None:
             record["collapse"] = collapse
-            for name in self.watchdog.just_started():
-                log.warning(self.watchdog.message(name, t.step))
+            for name in self.watchdog.started:
+                log.warning(self.watchdog.message(name, t.step, record, ""))
         append_metrics(self.rd.metrics, record)
         self.tensorboard.scalars(t.step, {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, (int, float))})
         self.bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}")

@@ -100,6 +100,24 @@ class Generator(nn.Module):
         return self.main(z)
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch-stddev layer: (B, C, H, W) -> (B, C + 1, H, W), the extra map holding the
+    std over each group of `group_size` images (averaged over features and pixels) for all of
+    the group. A batch of near-copies shows a std near 0 that real batches never show."""
+
+    def __init__(self, group_size: int):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        group = min(self.group_size, b)
+        assert b % group == 0, f"minibatch-stddev: batch {b} is not a multiple of the group size {group}"
+        y = x.float().reshape(group, b // group, c, h, w)  # image g * (b // group) + i is member g of group i, as StyleGAN2
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // group,)
+        return torch.cat([x, std.to(x.dtype).repeat(group)[:, None, None, None].expand(b, 1, h, w)], dim=1)
+
+
 class Discriminator(nn.Module):
     """image (B, C, H, W) -> one logit per image (B,); the original project's Sigmoid lives in the BCE loss."""
 
@@ -107,14 +125,18 @@ class Discriminator(nn.Module):
         super().__init__()
         widths = [cfg.ndf * m for m in _mults(len(layout.d_kernels) - 1)]
         sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        batchnorm = cfg.d_batchnorm and not cfg.spectral_norm
         layers: list[nn.Module] = []
         in_ch = cfg.channels
         for i, (kernel, out_ch) in enumerate(zip(layout.d_kernels, widths)):
             layers.append(sn(nn.Conv2d(in_ch, out_ch, kernel, 2, 1, bias=False)))
-            if i > 0 and not cfg.spectral_norm:  # no BN on the first layer, none at all with SN
+            if i > 0 and batchnorm:  # never on the first layer
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             in_ch = out_ch
+        if cfg.minibatch_std:
+            layers.append(MinibatchStd(cfg.minibatch_std))
+            in_ch += 1
         layers.append(sn(nn.Conv2d(in_ch, 1, layout.d_kernels[-1], 1, 0, bias=False)))  # start block -> 1x1
         self.main = nn.Sequential(*layers)
 

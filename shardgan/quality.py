@@ -1,5 +1,5 @@
-"""Sample quality metrics: sliced Wasserstein distance (SWD) on image patches, and FID/KID from
-local weights. Metrics only: which images they compare is evaluate.py's to say.
+"""Sample quality metrics: sliced Wasserstein distance (SWD) on image patches, diversity (mean
+pairwise distance against the data's), and FID/KID from local weights. Metrics only: which images they compare is evaluate.py's to say.
 
 SWD follows ProGAN (Karras et al. 2018, appendix D): a Laplacian pyramid of every image,
 random 7x7 patches at each level as descriptors, each colour channel normalized, then the
@@ -173,6 +173,32 @@ def _normalize(descriptors: list[torch.Tensor], stats: list[tuple[torch.Tensor, 
 def swd(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, mode: str = "paper") -> float:
     """One-shot SWD x 1e3 between two image sets (uint8 or [-1, 1] floats, (B, C, H, W))."""
     return SlicedWasserstein.with_mode(real, mode, seed)(fake)["swd"]
+
+
+# -- diversity ---------------------------------------------------------------------------------
+
+DIVERSITY_SIDE = 8
+"""Images are area-downsampled until their longer side is at most this many pixels (64x48 ->
+8x6) before distances are taken: layout and colour count, pixel speckle averages away."""
+
+
+def mean_pairwise_distance(images: torch.Tensor) -> torch.Tensor:
+    """Mean L2 distance over all pairs of a set (uint8 or [-1, 1] floats, (N, C, H, W)), on the
+    downsampled images, per element (RMS), as a 0-d tensor on the images' device (no sync):
+    one image plus noise scores near 0, however noisy."""
+    x = to_float(images.detach())
+    factor = -(-max(x.shape[-2:]) // DIVERSITY_SIDE)  # ceil
+    small = F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x  # (N, C, <= 8, <= 8)
+    flat = small.flatten(1)
+    return (torch.pdist(flat) / flat.shape[1] ** 0.5).mean()
+
+
+def diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The samples' mean pairwise distance over the real images' (`real`: images, or their mean
+    pairwise distance): ~1 when G varies as much as the data, near 0 when every z gives (nearly)
+    the same image."""
+    reference = real if real.dim() == 0 else mean_pairwise_distance(real)
+    return mean_pairwise_distance(fake) / reference.to(fake.device).clamp_min(1e-8)
 
 
 # -- FID / KID (torchmetrics, on Inception weights the user supplies) -------------------------

@@ -35,11 +35,12 @@ REFUSED, ELASTIC, APPLIED, FREE = "refused", "elastic", "applied", "free"
 CHANGE_POLICY: dict[str, str] = {
     # refused: the saved weights or data position mean nothing under the new value
     **dict.fromkeys(("model.width", "model.height", "model.channels", "model.nz", "model.ngf", "model.ndf"), REFUSED),
-    **dict.fromkeys(("model.loss", "model.spectral_norm", "data.seed", "data.canonical_nodes", "data.split"), REFUSED),
+    **dict.fromkeys(("model.loss", "model.spectral_norm", "model.d_batchnorm", "model.minibatch_std", "data.seed", "data.canonical_nodes", "data.split"), REFUSED),
     # elastic: continues correctly but not bit-exactly; only with checkpoint.allow_config_change
     **dict.fromkeys(("data.batch_size", "train.seed"), ELASTIC),
     # applied with a warning: the run continues from here under the new value, not bit-exactly
     **dict.fromkeys(("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2", "train.ema_decay"), APPLIED),
+    **dict.fromkeys(("optim.r1_gamma", "optim.r2_gamma", "optim.penalty_every_steps"), APPLIED),
     **dict.fromkeys(("data.translate_px", "data.color_jitter", "data.hflip"), APPLIED),
     **dict.fromkeys(("augment.policy", "augment.probability", "augment.translation_ratio", "augment.cutout_ratio"), APPLIED),
     **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),
@@ -47,7 +48,7 @@ CHANGE_POLICY: dict[str, str] = {
     # free: where things are, how fast they load, when to stop, log, save or evaluate
     **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor"), FREE),
     **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
-    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs"), FREE),
+    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),
     **dict.fromkeys(("checkpoint.resume", "checkpoint.allow_config_change", "run.root", "run.name"), FREE),
     **dict.fromkeys(("eval.every_steps", "eval.num_images", "eval.swd_mode", "eval.fid_weights"), FREE),

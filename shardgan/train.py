@@ -24,10 +24,12 @@ from . import distributed as dist
 from . import resume
 from .augment import augment
 from .config import Config, load_config, to_toml
+from .generate import checkpoint_lines
 from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
-from .losses import LOSSES
+from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
+from .quality import diversity
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
@@ -40,7 +42,8 @@ log = logging.getLogger("shardgan")
 
 
 def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One D step (real -> 1, G(z) -> 0) and one G step (G(z) -> 1) on a uint8 batch.
+    """One D step (real -> 1, G(z) -> 0; with optim.r1_gamma/r2_gamma, the gradient penalties
+    on the images D saw) and one G step (G(z) -> 1) on a uint8 batch.
 
     With augment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
@@ -53,18 +56,32 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     z = torch.randn(real.shape[0], cfg.model.nz, 1, 1, generator=noise_rng, device=t.device)  # (B, nz, 1, 1)
     through_d = _d_inputs(t, real.shape)
 
+    optim = cfg.optim
+    penalize = (t.step + 1) % optim.penalty_every_steps == 0  # the step counted as t.step + 1: log lines at multiples show them
+    r1, r2 = penalize and optim.r1_gamma > 0, penalize and optim.r2_gamma > 0
     with t.autocast():
         fake = t.g_run(z)  # (B, C, H, W)
         fake_seen = through_d(fake)  # what D judges, in both steps
-        real_logits, fake_logits = t.d_run(through_d(real)), t.d_run(fake_seen.detach())  # (B,), (B,)
+        real_in, fake_in = through_d(real).detach().requires_grad_(r1), fake_seen.detach().requires_grad_(r2)
+        real_logits, fake_logits = t.d_run(real_in), t.d_run(fake_in)  # (B,), (B,)
         loss_d = d_loss(real_logits, fake_logits)
+        penalties = {}
+        if r1:
+            penalties["r1"] = gradient_penalty(real_logits, real_in)
+        if r2:
+            penalties["r2"] = gradient_penalty(fake_logits, fake_in)
+        # lazily regularized: every penalty_every_steps-th step, that many times as strong
+        gammas = {"r1": optim.r1_gamma, "r2": optim.r2_gamma}
+        loss_d_total = loss_d + sum(gammas[k] / 2 * optim.penalty_every_steps * v for k, v in penalties.items())
     t.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
+    loss_d_total.backward()
     t.opt_d.step()
 
     t.d.requires_grad_(False)
     with t.autocast():
-        loss_g = g_loss(t.d_frozen(fake_seen))
+        with torch.no_grad():  # the reals G's fakes are paired with, judged by the D just updated
+            real_ref = t.d_frozen(through_d(real)) if cfg.model.loss in RELATIVISTIC else None
+        loss_g = g_loss(t.d_frozen(fake_seen), real_ref)
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
@@ -77,7 +94,8 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         "loss_g": loss_g.detach(),
         "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
         "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-        "diversity": _diversity(fake.detach(), real),
+        "diversity": diversity(fake.detach(), real),  # this batch's; the watchdog reads the evaluations'
+        **{k: v.detach() for k, v in penalties.items()},
     }
     if t.diff_augment is not None and t.diff_augment.ada is not None:
         stats["augment_p"] = torch.tensor(t.diff_augment.p)
@@ -92,12 +110,6 @@ def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.T
     rng = derived_generator(t.cfg.train.seed, t.world.rank, t.step, DIFF_AUGMENT, device=t.device)
     params = t.diff_augment.draw(shape, rng, t.device)
     return lambda x: t.diff_augment(x, params)
-
-
-def _diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-pixel std over the fake batch / the same over the real batch: ~1 when G varies as much
-    as the data, near 0 when every z gives the same image (mode collapse)."""
-    return fake.float().std(dim=0).mean() / real.float().std(dim=0).mean().clamp_min(1e-8)
 
 
 def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
@@ -138,6 +150,9 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                 )  # fmt: skip
                 t.wrap()
                 stopped = run_loop(t, loader, rd, stop)
+                if world.is_main:
+                    for line in checkpoint_lines(rd):
+                        log.info(line)
                 if stopped:
                     by = stop.name or "a signal to another rank"
                     log.info("stopped by %s at step %d with a checkpoint; resume with: %s", by, t.step, launch_command())

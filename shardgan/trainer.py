@@ -36,6 +36,10 @@ def derived_generator(seed: int, rank: int, step: int, stream: int, *, device: t
     return torch.Generator(device=device).manual_seed(int(state >> np.uint64(1)))
 
 
+CHECKED = ("loss_d", "loss_g", "r1", "r2")
+"""The step's losses that must be finite: the adversarial ones and the penalties (when computed)."""
+
+
 @dataclass
 class FiniteCheck:
     """Were all losses finite? Read without stalling the GPU: on CUDA the flag of step s is read
@@ -46,7 +50,7 @@ class FiniteCheck:
 
     def push(self, step: int, stats: dict[str, torch.Tensor]) -> int | None:
         """Record this step's flag; the step of a non-finite loss, if one is known now."""
-        flag = ~(torch.isfinite(stats["loss_d"]) & torch.isfinite(stats["loss_g"]))
+        flag = ~torch.stack([torch.isfinite(stats[k]) for k in CHECKED if k in stats]).all()
         ready, self.pending = (self.pending, (step, flag)) if self.lagged else ((step, flag), None)
         return ready[0] if ready is not None and bool(ready[1]) else None
 
@@ -122,6 +126,9 @@ def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
 
 
 def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
+    group = cfg.model.minibatch_std
+    if group and cfg.data.batch_size % group:
+        raise ConfigError(f"model.minibatch_std={group} must divide data.batch_size={cfg.data.batch_size} (each rank's batch is cut into groups)")
     g, d = build_models(cfg.model, cfg.train.seed)
     fmt = memory_format(cfg, world.device)
     g, d = g.to(world.device, memory_format=fmt), d.to(world.device, memory_format=fmt)

@@ -65,6 +65,6 @@ def test_frames_to_packed_shards_to_trained_run_that_resumes(tmp_path: Path) -> 
     assert loss_steps == sorted(set(loss_steps)) == list(range(2, 13, 2))  # continued, nothing logged twice
     assert [r["step"] for r in records if "swd" in r] == [4, 8, 12]
 
-    scores = evaluate_run(rd.root)  # `shardgan eval RUN_DIR`, in-process: the same SWD as logged in training
+    _, scores = evaluate_run(rd.root)  # `shardgan eval RUN_DIR`, in-process: the same SWD as logged in training
     assert scores["step"] == 12
     assert scores["swd"] == pytest.approx(next(r["swd"] for r in records if r["step"] == 12 and "swd" in r), rel=1e-3)

@@ -77,9 +77,10 @@ def test_eval_scores_a_runs_newest_checkpoint_and_appends_to_eval_jsonl(straight
     run = Path(shutil.copytree(straight, tmp_path / "run"))  # the session's reference run stays as it is
     build_dataset(tmp_path / "shards", [8], width=24, height=16, val_sizes=(10,))
     overrides = [f"data.shards={tmp_path / 'shards'}", "eval.num_images=10"]
-    scores = evaluate_run(run, overrides=overrides)
+    _, scores = evaluate_run(run, overrides=overrides)
     assert scores["step"] == STEPS and scores["checkpoint"].endswith(f"step_{STEPS:08d}.pt") and scores["swd"] > 0
-    again = evaluate_run(run, overrides=overrides)
+    assert 0 < scores["diversity"]
+    _, again = evaluate_run(run, overrides=overrides)
     assert again == scores
     records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert records[-2:] == [scores, again]
@@ -91,3 +92,23 @@ def test_eval_of_a_missing_or_empty_run_is_one_clear_error(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         evaluate_run(tmp_path / "empty")
+
+
+def test_eval_says_which_checkpoint_with_its_logged_swd_and_scores_best_with_best(best_is_older: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shardgan.cli import app
+
+    run = Path(shutil.copytree(best_is_older, tmp_path / "run"))
+    best = run / "checkpoints" / "best" / "step_00000010.pt"
+    runner = CliRunner()  # stdout and stderr apart
+    default = runner.invoke(app, ["eval", str(run)])
+    assert default.exit_code == 0, default.output
+    assert default.stderr.strip() == (
+        f"using {run / 'checkpoints' / 'step_00000020.pt'} (step 20, logged SWD 60.00); "
+        f"the best checkpoint is {best} (step 10, logged SWD 30.00): --best uses it"
+    )
+    assert json.loads(default.stdout)["step"] == 20
+    chosen = runner.invoke(app, ["eval", str(run), "--best"])
+    assert chosen.exit_code == 0 and chosen.stderr.strip() == f"using {best} (step 10, logged SWD 30.00)"
+    assert json.loads(chosen.stdout)["checkpoint"] == str(best)

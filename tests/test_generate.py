@@ -12,7 +12,8 @@ from tests.trainer_runs import STEPS
 
 
 def test_generate_is_reproducible(straight: Path, tmp_path: Path) -> None:
-    step, a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
+    chosen, a = generate(straight, num_images=16, seed=3, out=tmp_path / "a")
+    step = chosen.used.step
     _, b = generate(straight, num_images=16, seed=3, out=tmp_path / "b")
     _, c = generate(straight, num_images=16, seed=4, out=tmp_path / "c")
     assert step == STEPS and a[0].name == f"step{STEPS:08d}_seed3_grid.png"
@@ -43,3 +44,29 @@ def test_slerp_ends_at_its_endpoints_and_keeps_the_norm() -> None:
     path = slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
     assert torch.allclose(slerp(a, a, torch.linspace(0, 1, 3)), a.expand(3, -1))
+
+
+def test_generate_says_which_checkpoint_and_points_to_a_better_best_one(best_is_older: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from shardgan.cli import app
+
+    newest, best = best_is_older / "checkpoints" / "step_00000020.pt", best_is_older / "checkpoints" / "best" / "step_00000010.pt"
+    default = CliRunner().invoke(app, ["generate", str(best_is_older), "-n", "4", "--out", str(tmp_path / "a")])
+    assert default.exit_code == 0, default.output
+    assert default.output.splitlines()[0] == (
+        f"using {newest} (step 20, logged SWD 60.00); the best checkpoint is {best} (step 10, logged SWD 30.00): --best uses it"
+    )
+    assert (tmp_path / "a" / "step00000020_seed0_grid.png").exists()
+    chosen = CliRunner().invoke(app, ["generate", str(best_is_older), "-n", "4", "--best", "--out", str(tmp_path / "b")])
+    assert chosen.exit_code == 0, chosen.output
+    assert chosen.output.splitlines()[0] == f"using {best} (step 10, logged SWD 30.00)"
+    assert (tmp_path / "b" / "step00000010_seed0_grid.png").exists()
+
+
+def test_generate_best_without_an_evaluation_is_one_line(straight: Path, capsys) -> None:
+    from shardgan.cli import main
+
+    assert main(["generate", str(straight), "--best"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no checkpoint in {straight / 'checkpoints' / 'best'}") and err.count("\n") == 1

@@ -7,12 +7,15 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan.rundir import read_metrics
 from shardgan import hooks
 from shardgan import train as train_module
 from shardgan import trainer
+from shardgan.synthetic import game_frame
+from tests.conftest import build_dataset
 from tests.trainer_runs import train_inprocess
 
 BATCHES_PER_EPOCH = 15
@@ -77,16 +80,20 @@ def test_epoch_end_save_checks_the_losses_first(tiny_shards: Path, tmp_path: Pat
 
 
 def test_watchdog_counts_logs_in_a_row_and_resets() -> None:
-    dog = hooks.CollapseWatchdog(logs_in_a_row=3)
+    dog = hooks.CollapseWatchdog(logs_in_a_row=3, evals_in_a_row=2)
     wins = {"d_real": 0.99, "d_fake": 0.01, "diversity": 0.9}
     fair = {"d_real": 0.7, "d_fake": 0.3, "diversity": 0.9}
     assert [dog.check(wins) for _ in range(2)] == [None, None]
     assert dog.check(fair) is None  # the streak is broken
-    assert [dog.check(wins) for _ in range(4)] == [None, None, "d_wins", "d_wins"]
-    assert dog.just_started() == []  # warned at the third, not again
-    collapsed = {**wins, "diversity": 0.05}
-    assert [dog.check(collapsed) for _ in range(3)] == ["d_wins", "d_wins", "d_wins+low_diversity"]
-    assert hooks.CollapseWatchdog(logs_in_a_row=0).check(wins) is None
+    assert [dog.check(wins) for _ in range(3)] == [None, None, "d_wins"] and dog.started == ["d_wins"]
+    assert dog.check(wins) == "d_wins" and dog.started == []  # warned at the third, not again
+    low = {"swd": 120.0, "diversity": 0.1}
+    assert dog.check({**wins, "diversity": 0.01}) == "d_wins"  # a log line's own batch diversity does not count
+    assert [dog.check(low), dog.check(wins), dog.check(low)] == ["d_wins", "d_wins", "d_wins+low_diversity"]  # evaluations in a row
+    assert dog.started == ["low_diversity"]
+    assert dog.check(fair) == "low_diversity" and dog.started == []  # log lines during the collapse carry it, without a new warning
+    assert dog.check({"swd": 80.0, "diversity": 0.9}) is None
+    assert hooks.CollapseWatchdog(logs_in_a_row=0, evals_in_a_row=0).check(wins) is None
 
 
 def test_watchdog_warns_once_marks_metrics_and_a_resumed_run_continues_the_streak(
@@ -112,4 +119,59 @@ def test_watchdog_warns_once_marks_metrics_and_a_resumed_run_continues_the_strea
     assert len(warnings) == 1 and "WARNING collapse watchdog at step 25: D has won" in warnings[0]
     assert train_inprocess(tiny_shards, run, "train.max_steps=35", "train.collapse_logs=3") == 0
     assert read_metrics(run / "metrics.jsonl")[-1]["collapse"] == "d_wins"  # the streak went on across the resume
+    assert "collapse watchdog" not in capsys.readouterr().err
+
+
+class StandInG(torch.nn.Module):
+    """A sampler standing in for the EMA generator: z picks one of `frames` (N, C, H, W) in
+    [-1, 1], plus speckle of std `speckle`."""
+
+    def __init__(self, frames: torch.Tensor, speckle: float) -> None:
+        super().__init__()
+        self.frames, self.speckle = frames, speckle
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        index = (z.flatten(1)[:, 0].abs() * 1000).long() % len(self.frames)
+        noise = torch.randn(len(z), *self.frames.shape[1:], generator=torch.Generator().manual_seed(int(index.sum())))
+        return (self.frames[index] + self.speckle * noise).clamp(-1, 1)
+
+
+def frames_as_floats(indices: range) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(game_frame(i, 24, 16)).permute(2, 0, 1) for i in indices]).float() / 127.5 - 1
+
+
+def run_with_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: torch.nn.Module) -> Path:
+    """20 tiny steps on shards with a val split, the sampler replaced; an evaluation every 5 steps."""
+    shards = tmp_path / "shards"
+    build_dataset(shards, [40], width=24, height=16, val_sizes=(32,))
+    monkeypatch.setattr(trainer.Trainer, "sampler", property(lambda self: sampler))
+    run = tmp_path / "run"
+    extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=32", "train.collapse_evals=2", "checkpoint.every_steps=10")
+    assert train_inprocess(shards, run, *extra) == 0
+    return run
+
+
+def test_watchdog_flags_a_g_of_one_image_plus_speckle_and_names_the_best_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from shardgan.generate import best_checkpoint
+    from shardgan.rundir import RunDir
+
+    run = run_with_sampler(tmp_path, monkeypatch, StandInG(frames_as_floats(range(7, 8)), speckle=0.1))
+    records = read_metrics(run / "metrics.jsonl")
+    evals = [r for r in records if "swd" in r]
+    assert [(r["step"], r.get("collapse")) for r in evals] == [(5, None), (10, "low_diversity"), (15, "low_diversity"), (20, "low_diversity")]
+    assert all(r["diversity"] < hooks.MIN_DIVERSITY for r in evals)
+    assert [r.get("collapse") for r in records if "loss_d" in r and r["step"] > 10] == ["low_diversity"] * 2  # log lines say it too
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "collapse watchdog" in line]
+    assert len(warnings) == 1 and "WARNING collapse watchdog at step 10: mode collapse" in warnings[0], warnings
+    best = best_checkpoint(RunDir(run))
+    assert best is not None and best.path.exists() and warnings[0].endswith(f"best checkpoint: {best}")
+
+
+def test_watchdog_flags_nothing_on_a_healthy_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    run = run_with_sampler(tmp_path, monkeypatch, StandInG(frames_as_floats(range(40)), speckle=0.02))  # the train frames
+    records = read_metrics(run / "metrics.jsonl")
+    assert not any("collapse" in r for r in records)
+    assert all(r["diversity"] > 0.8 for r in records if "swd" in r) and len([r for r in records if "swd" in r]) == 4
     assert "collapse watchdog" not in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 
 from shardgan.config import ModelConfig, load_config
 from shardgan.errors import ConfigError
-from shardgan.models import EMA, build_models, count_params, choose_layout
+from shardgan.models import EMA, MinibatchStd, build_models, count_params, choose_layout
 from tests.conftest import ROOT
 
 
@@ -42,6 +42,42 @@ def test_spectral_norm_discriminator_has_no_batchnorm() -> None:
     g, d = build_models(ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, spectral_norm=True), seed=0)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
     assert sum(hasattr(m, "parametrizations") for m in d.modules()) == len(choose_layout(24, 16).d_kernels)
+
+
+def test_d_without_batchnorm_has_the_same_convolutions_and_no_batchnorm() -> None:
+    cfg = ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4)
+    _, with_bn = build_models(cfg, seed=0)
+    cfg.d_batchnorm = False
+    _, without = build_models(cfg, seed=0)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in without.modules())
+    convs = lambda d: [m.weight.shape for m in d.modules() if isinstance(m, torch.nn.Conv2d)]  # noqa: E731
+    assert convs(with_bn) == convs(without)
+
+
+def test_minibatch_std_is_each_groups_std_for_its_members_only() -> None:
+    x = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = MinibatchStd(4)(x)
+    assert out.shape == (8, 4, 2, 2) and torch.equal(out[:, :3], x)
+    for i in range(2):  # groups are images i, i + 2, i + 4, i + 6 (StyleGAN2's strided grouping)
+        members = x[i::2]
+        expected = members.var(dim=0, unbiased=False).add(1e-8).sqrt().mean()
+        assert torch.allclose(out[i::2, 3], expected.expand(4, 2, 2))
+    copies = x[:1].expand(8, 3, 2, 2) + 1e-3 * x  # a collapsed batch: near-copies
+    assert MinibatchStd(4)(copies)[:, 3].max() < 0.01 < out[:, 3].min()
+    changed = x.clone()
+    changed[1] += 5.0  # image 1 is in group 1: group 0's feature stays
+    assert torch.equal(MinibatchStd(4)(changed)[0::2, 3], out[0::2, 3])
+    assert not torch.equal(MinibatchStd(4)(changed)[1::2, 3], out[1::2, 3])
+
+
+def test_minibatch_std_adds_one_input_map_to_ds_last_convolution() -> None:
+    cfg = ModelConfig(width=24, height=16, nz=8, ngf=4, ndf=4, d_batchnorm=False, minibatch_std=2)
+    g, d = build_models(cfg, seed=0)
+    assert isinstance(d.main[-2], MinibatchStd) and d.main[-1].in_channels == d.main[-4].out_channels + 1
+    assert d(g(torch.randn(6, 8, 1, 1))).shape == (6,)
+    with pytest.raises(ConfigError, match="model.minibatch_std must be 0"):
+        ModelConfig(minibatch_std=1)
 
 
 def test_unbuildable_size_is_refused() -> None:

@@ -13,6 +13,7 @@ from shardgan.quality import (
     FidKid,
     SlicedWasserstein,
     _up,
+    diversity,
     inception_features,
     laplacian_pyramid,
     num_levels,
@@ -126,3 +127,28 @@ def test_missing_inception_weights_is_one_clear_error(tmp_path: Path) -> None:
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ConfigError, match="is not the FID Inception"):
         inception_features(bad)
+
+
+def one_frame_plus_speckle(count: int, std: float, width: int = 32, height: int = 24) -> torch.Tensor:
+    """A collapsed G's output: one frame for every z, plus per-pixel noise, as [-1, 1] floats."""
+    one = frames(1000, 1, width, height).float() / 127.5 - 1
+    noise = std * torch.randn(count, 3, height, width, generator=torch.Generator().manual_seed(0))
+    return (one + noise).clamp(-1, 1)
+
+
+def test_diversity_sees_one_frame_through_speckle_that_the_per_pixel_std_took_for_variety() -> None:
+    """64x48, as the demo: speckle of std 0.1 (13/255) over one frame."""
+    real = frames(0, 64, 64, 48)
+    collapsed = one_frame_plus_speckle(64, 0.1, 64, 48)
+    per_pixel_std = collapsed.std(dim=0).mean() / (real.float() / 127.5 - 1).std(dim=0).mean()
+    assert per_pixel_std > 0.4  # the old measure: above its 0.2 threshold, "diverse"
+    assert diversity(collapsed, real).item() < 0.1
+    assert diversity(one_frame_plus_speckle(64, 0.01, 64, 48), real).item() < 0.01
+
+
+def test_diversity_of_other_frames_of_the_same_game_is_near_one() -> None:
+    real, other = frames(0, 64), frames(500, 64)
+    assert 0.85 < diversity(other, real).item() < 1.15
+    assert diversity(other, real).item() == pytest.approx(diversity(other.float() / 127.5 - 1, real).item(), rel=1e-5)  # uint8 or floats
+    half = torch.cat([other[:32], other[:1].expand(32, -1, -1, -1)])  # half the samples one frame
+    assert 0.3 < diversity(half, real).item() < diversity(other, real).item()

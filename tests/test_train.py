@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan.rundir import read_metrics
@@ -161,5 +162,164 @@ def test_a_cuda_run_checkpoints_what_a_cpu_generates_from(tiny_shards: Path, tmp
     state = newest(run)
     assert state[ckpt.STEP] == 10 and state[ckpt.RNG][0]["cuda"] is not None
     assert all(r["loss_d"] == r["loss_d"] for r in read_metrics(run / "metrics.jsonl"))  # no NaN logged
-    step, paths = generate(run, num_images=4, out=tmp_path / "generated")
-    assert step == 10 and paths[0].exists()
+    chosen, paths = generate(run, num_images=4, out=tmp_path / "generated")
+    assert chosen.used.step == 10 and paths[0].exists()
+
+
+# -- the relativistic loss and the gradient penalties -------------------------------------------
+
+
+def rpgan_trainer(r1: float, r2: float, every: int, **model):
+    """A tiny rpgan trainer on the CPU, no augmentation of any kind (D sees the images as loaded)."""
+    from shardgan.distributed import DistInfo
+    from shardgan.trainer import build_trainer
+    from tests.test_trainer import tiny_config
+
+    cfg = tiny_config(d_batchnorm=False, **model)
+    cfg.model.loss = "rpgan"
+    cfg.data.translate_px, cfg.data.color_jitter, cfg.data.batch_size = 0, 0.0, 6
+    cfg.optim.r1_gamma, cfg.optim.r2_gamma, cfg.optim.penalty_every_steps = r1, r2, every
+    t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
+    t.wrap()
+    return t
+
+
+def images_and_noise(t, step: int):
+    from shardgan.trainer import NOISE, derived_generator
+
+    images = torch.randint(0, 256, (6, 3, 16, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(step))
+    z = torch.randn(6, t.cfg.model.nz, 1, 1, generator=derived_generator(t.cfg.train.seed, 0, step, NOISE))
+    return images, z
+
+
+def test_the_d_step_adds_gamma_half_times_k_times_each_penalty_on_penalty_steps_only() -> None:
+    """D's gradient with R1/R2 minus D's gradient without them (same weights, same batch) is
+    (gamma / 2) * k * the gradient of the hand-computed penalties, at steps divisible by k."""
+    import copy
+
+    from shardgan.train import train_step
+
+    gamma1, gamma2, k = 0.3, 0.7, 2
+    for step, penalized in ((5, True), (4, False)):  # t.step 5 is counted as step 6
+        with_pen, plain = rpgan_trainer(gamma1, gamma2, k), rpgan_trainer(0.0, 0.0, k)
+        with_pen.step = plain.step = step
+        d0, g0 = copy.deepcopy(with_pen.d), copy.deepcopy(with_pen.g)
+        images, z = images_and_noise(with_pen, step)
+        stats = train_step(with_pen, images)
+        train_step(plain, images)
+        assert ("r1" in stats and "r2" in stats) == penalized
+        diff = [a.grad - b.grad for a, b in zip(with_pen.d.parameters(), plain.d.parameters())]
+        if not penalized:
+            assert all(torch.equal(x, torch.zeros_like(x)) for x in diff)
+            continue
+        real = (images.float() / 127.5 - 1).requires_grad_(True)
+        fake = g0(z).detach().requires_grad_(True)
+        r1 = torch.stack([torch.autograd.grad(d0(real)[i], real, create_graph=True)[0][i].square().sum() for i in range(6)]).mean()
+        r2 = torch.stack([torch.autograd.grad(d0(fake)[i], fake, create_graph=True)[0][i].square().sum() for i in range(6)]).mean()
+        assert stats["r1"].item() == pytest.approx(r1.item(), rel=1e-4) and stats["r2"].item() == pytest.approx(r2.item(), rel=1e-4)
+        expected = torch.autograd.grad(gamma1 / 2 * k * r1 + gamma2 / 2 * k * r2, list(d0.parameters()))
+        for got, want in zip(diff, expected):
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-7)
+        assert any(w.abs().sum() > 0 for w in expected)
+
+
+def test_rpgan_g_step_pairs_each_fake_with_a_real_judged_by_the_updated_d() -> None:
+    import copy
+
+    from shardgan.losses import rpgan_g
+    from shardgan.train import train_step
+
+    t = rpgan_trainer(0.1, 0.1, 1, minibatch_std=2)
+    g0 = copy.deepcopy(t.g)
+    images, z = images_and_noise(t, 0)
+    stats = train_step(t, images)
+    with torch.no_grad():
+        expected = rpgan_g(t.d(g0(z)), t.d(images.float() / 127.5 - 1))  # t.d: D after its step
+    assert stats["loss_g"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_minibatch_std_must_divide_the_batch() -> None:
+    from shardgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.minibatch_std=4 must divide data.batch_size=6"):
+        rpgan_trainer(0.0, 0.0, 1, minibatch_std=4)
+
+
+def test_rpgan_with_lazy_penalties_and_minibatch_std_resumes_exactly(tiny_shards: Path, tmp_path: Path) -> None:
+    """The penalty steps follow from the step count alone: stopped at step 25 (mid-period of 3)
+    and resumed == straight, bit for bit."""
+    from tests.trainer_runs import COMPARED, assert_same_state
+
+    extra = ["model.loss=rpgan", "model.d_batchnorm=false", "model.minibatch_std=4", "optim.r1_gamma=0.5", "optim.r2_gamma=0.5", "optim.penalty_every_steps=3"]
+    straight, resumed = tmp_path / "straight_rpgan", tmp_path / "resumed_rpgan"
+    assert train_inprocess(tiny_shards, straight, *extra, "train.max_steps=30") == 0
+    assert train_inprocess(tiny_shards, resumed, *extra, "train.max_steps=25") == 0
+    assert train_inprocess(tiny_shards, resumed, *extra, "train.max_steps=30") == 0
+    a, b = newest(straight), newest(resumed)
+    assert a[ckpt.STEP] == b[ckpt.STEP] == 30
+    for key in COMPARED:
+        assert_same_state(a[key], b[key], key)
+    penalized = [r["step"] for r in read_metrics(straight / "metrics.jsonl") if "r1" in r]
+    assert penalized == [15, 30]  # the log lines (every 5) at penalized steps (every 3)
+
+
+def _ddp_rank(rank: int, port: int, results) -> None:
+    """One of two gloo ranks: rpgan with R1 and R2 (double backward through DDP) on its own batches."""
+    from shardgan import distributed as dist
+    from shardgan.train import train_step
+    from shardgan.trainer import build_trainer
+    from tests.test_trainer import tiny_config
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = dist.init("cpu")
+    try:
+        cfg = tiny_config(d_batchnorm=False, minibatch_std=2)
+        cfg.model.loss, cfg.optim.r1_gamma, cfg.optim.r2_gamma = "rpgan", 1.0, 1.0
+        t = build_trainer(cfg, world)
+        t.wrap()
+        grads = []
+        for step in range(3):
+            t.step = step
+            images = torch.randint(0, 256, (4, 3, 16, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(10 * rank + step))
+            stats = train_step(t, images)
+            grads.append([p.grad.numpy().copy() for p in t.d.parameters()])
+        # numpy, not tensors: a tensor goes through shared memory the exiting rank would take away
+        results.put((rank, [p.detach().numpy().copy() for p in t.d.parameters()], grads, float(stats["r1"])))
+    finally:
+        dist.shutdown()
+
+
+@pytest.mark.multiproc
+def test_ddp_all_reduces_ds_gradient_through_the_penalties_double_backward() -> None:
+    """Two real gloo ranks, different batches: D's gradients (penalties included) are all-reduced,
+    so both ranks hold the same D after every step."""
+    import multiprocessing
+
+    from tests.test_resume import free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    ranks = [ctx.Process(target=_ddp_rank, args=(r, port, results)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    (_, params0, grads0, r1_0), (_, params1, grads1, r1_1) = sorted((results.get(timeout=120) for _ in ranks), key=lambda r: r[0])
+    for process in ranks:
+        process.join(60)
+        assert process.exitcode == 0
+    assert r1_0 != r1_1  # each rank penalized its own batch
+    for step_grads0, step_grads1 in zip(grads0, grads1):
+        assert all((a == b).all() and a.any() for a, b in zip(step_grads0, step_grads1))
+    assert all((a == b).all() for a, b in zip(params0, params1))
+
+
+def test_the_last_lines_name_the_newest_and_the_best_checkpoint_with_their_swd(best_is_older: Path, straight: Path) -> None:
+    newest, best = best_is_older / "checkpoints" / "step_00000020.pt", best_is_older / "checkpoints" / "best" / "step_00000010.pt"
+    last = [line.split(" INFO ", 1)[-1] for line in (best_is_older / "train.log").read_text().splitlines()[-2:]]
+    assert last == [
+        f"newest checkpoint: {newest} (step 20, logged SWD 60.00)",
+        f"best checkpoint: {best} (step 10, logged SWD 30.00); shardgan generate/eval --best use it",
+    ]
+    no_val = (straight / "train.log").read_text().splitlines()[-1]
+    assert no_val.endswith("best checkpoint: none (no evaluation; set eval.every_steps and pack with --val)")

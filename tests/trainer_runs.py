@@ -172,3 +172,32 @@ def straight_ddp(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return run
 
 
+
+
+# -- a run whose best checkpoint is not its newest ----------------------------------------------
+
+SCRIPTED_SWD = {5: 50.0, 10: 30.0, 15: 40.0, 20: 60.0}
+"""The SWD each evaluation of `best_is_older` reports: the best is step 10's, the newest step 20's."""
+
+
+@pytest.fixture(scope="session")
+def best_is_older(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 tiny steps on shards with a val split, an evaluation every 5 steps scoring SCRIPTED_SWD."""
+    from shardgan import hooks
+
+    root = tmp_path_factory.mktemp("best_is_older")
+    build_dataset(root / "shards", [40], width=24, height=16, val_sizes=(16,))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hooks.Evaluator, "__call__", lambda self, g: {"swd": SCRIPTED_SWD[hooks_step[0]], "diversity": 1.0})
+        hooks_step = [0]
+        real_evaluate = hooks.Hooks.evaluate
+
+        def evaluate(self: hooks.Hooks) -> None:
+            hooks_step[0] = self.t.step
+            real_evaluate(self)
+
+        patch.setattr(hooks.Hooks, "evaluate", evaluate)
+        run = root / "run"
+        extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=16", "checkpoint.every_steps=10")
+        assert train_inprocess(root / "shards", run, *extra) == 0
+    return run

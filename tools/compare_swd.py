@@ -3,7 +3,8 @@
 The demo's before/after numbers (docs/demo_tuning.md) come from this script: every run's
 checkpoint (newest, `--best`, or `--step N`) generates `--num-images` images from the same
 latents, and each SWD mode scores them against the same val frames with the same patches and
-projections, so the numbers compare even when the runs logged SWD with other settings.
+projections, so the numbers compare even when the runs logged SWD with other settings. Each row
+also gives the samples' diversity against the same val frames (the collapse watchdog's measure).
 
     python tools/compare_swd.py runs/baseline runs/demo --shards data/demo_shards
 """
@@ -20,7 +21,7 @@ from shardgan import checkpoint as ckpt
 from shardgan.config import DataConfig
 from shardgan.evaluate import load_real_images
 from shardgan.generate import generate_images, generator_from_state
-from shardgan.quality import SWD_MODES, SlicedWasserstein
+from shardgan.quality import SWD_MODES, SlicedWasserstein, diversity
 
 
 def pick_checkpoint(run: Path, step: int | None, best: bool) -> Path:
@@ -51,6 +52,7 @@ def main() -> None:
         generator = generator_from_state(state)
         fake = generate_images(generator, len(real), generator.main[0].in_channels, torch.device("cpu"))
         row = {"run": str(run), "step": state[ckpt.STEP], **{f"swd_{mode}": m(fake)["swd"] for mode, m in metrics.items()}}
+        row["diversity"] = round(diversity(fake, real).item(), 4)  # the collapse watchdog's measure
         rows.append(row)
         print(json.dumps(row), flush=True)
     first = rows[0]
