@@ -14,9 +14,9 @@ reads whole epochs of them from the page cache with the same batch size and thre
             (np.take from one in-memory array): what reading raw samples cannot beat per core;
   decode    one process decoding the stored bytes of each batch in a plain loop, with the
             decoder the loader uses: what reading compressed samples cannot beat per core;
-  procs     the same loop in `--workers` forked processes at once: what this machine's cores
-            deliver together (two vCPUs here give ~1.5x one, not 2x), the bound for the loader's
-            reading processes;
+  procs     the same loop in `--workers` forked processes at once, timed after the fork: what
+            this machine's cores deliver together (less than workers x one on a shared VM),
+            the bound for the loader's reading processes;
   threads   the same loop on `--workers` Python threads: the alternative the reading
             processes were chosen over (a decoder holds the GIL for part of every image).
 
