@@ -7,6 +7,7 @@ usage error or `import-ini` then answer without importing torch (seconds on a co
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -168,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's refusal (disk full, read-only, permissions): one line naming the file
         print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # in train, a second Ctrl-C: the first asks for a checkpoint and a clean stop
-        print("interrupted", file=sys.stderr)
-        return 130
-    return code if isinstance(code, int) else 0
+    code = code if isinstance(code, int) else 0
+    if code == 130 and os.environ.get("RANK", "0") == "0":  # typer's answer to a KeyboardInterrupt (train: a second Ctrl-C)
+        print("interrupted: what was complete is kept", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                 stopped = run_loop(t, loader, rd, stop)
                 if stopped:
                     by = stop.name or "a signal to another rank"
-                    log.info("stopped by %s at step %d with a checkpoint; resume with: %s", by, t.step, launch_command())
+                    log.info("stopped by %s at step %d with a checkpoint; run `%s` again to resume", by, t.step, launch_command())
             return rd, stopped
         finally:
             dist.shutdown()

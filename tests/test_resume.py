@@ -70,7 +70,7 @@ def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, stra
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
-    assert f"resume with: {shlex.join(['python', *args])}\n" in stderr
+    assert f"run `{shlex.join(['python', *args])}` again to resume\n" in stderr
     done = subprocess.run([PYTHON, *args], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"resumed from \S+ at step \d+ \(", done.stderr)
