@@ -109,7 +109,7 @@ def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: the config file's name)"),
-    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch/world/image size change"),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch size, world size or train.seed change (not bit-exact; an image size change is always refused)"),
     dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the resolved config and exit"),
 ) -> None:
     """Train a DCGAN (one process; `torchrun -m shardgan.train` takes the same arguments, for DDP).

@@ -225,7 +225,8 @@ class CheckpointConfig:
     resume: str = "auto"
     """auto: newest valid checkpoint in the run dir if any; never; or a checkpoint path."""
     allow_config_change: bool = False
-    """Allow resuming with a batch/world/image size change that breaks exactness."""
+    """Allow resuming with a batch size, world size or train.seed change, which breaks exactness
+    (an image size change is always refused: the weights fit one size)."""
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")

@@ -18,6 +18,7 @@ from .generate import generate_images, generator_from_state
 from .reader import sample_images
 from .quality import FidKid, SlicedWasserstein, inception_features
 from .rundir import RunDir, append_metrics
+from .source import split_location
 
 log = logging.getLogger("shardgan")
 
@@ -42,8 +43,8 @@ class Evaluator:
         real = load_real_images(cfg.data, cfg.eval.num_images)
         if len(real) < cfg.eval.num_images:
             log.warning(
-                "the val split of %s has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
-                cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
+                "the val split (%s) has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
+                split_location(cfg.data, "val"), len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
         return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)

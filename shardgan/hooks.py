@@ -25,6 +25,7 @@ from .evaluate import Evaluator
 from .loader import ShardLoader
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
+from .source import split_location
 from .stop import StopFlag
 from .trainer import Trainer, total_steps
 from .viz import save_curve, save_grid, save_loss_curve
@@ -145,7 +146,7 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
     val = loader.manifest.splits.get("val")
     if not val or not val.shards:
         if t.world.is_main:
-            log.warning("no val split in %s: SWD evaluation is skipped (pack with --val to get one)", t.cfg.data.shards)
+            log.warning("no val split (%s): SWD evaluation is skipped (pack with --val to get one)", split_location(t.cfg.data, "val"))
         return None
     evaluator, error = None, ""
     if t.world.is_main:

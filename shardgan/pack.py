@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublished_write, write_bytes_atomic
 from .errors import ConfigError, DataError, Interrupted
-from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
+from .frames import MAX_UPSCALE, RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
 from .shards import IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
 from .stopwatch import Stopwatch
@@ -60,6 +60,8 @@ TARGET_CHUNKS = 256
 granularity) and never more than 256 inputs each; the layout depends on the input count only."""
 SPLITS = ("train", "val")
 _SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
+MIN_SIDE, MAX_SIDE = 8, 4096
+"""Stored frame sides: a DCGAN (models.choose_layout) needs 6 and SWD's 7x7 patches 7; a 4096x4096 RGB raw sample is 50 MB."""
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -82,7 +84,10 @@ class PackOptions:
     def __post_init__(self) -> None:
         frame = self.frame
         checks = [
-            (frame.width >= 1 and frame.height >= 1, f"--size must be positive, got {frame.width}x{frame.height}"),
+            (
+                MIN_SIDE <= min(frame.width, frame.height) and max(frame.width, frame.height) <= MAX_SIDE,
+                f"--size {frame.width}x{frame.height}: each side must be {MIN_SIDE}..{MAX_SIDE} (the smallest a DCGAN and SWD's 7x7 patches train and score on, the largest shardgan stores)",
+            ),
             (frame.channels in (1, 3), f"--channels must be 1 or 3, got {frame.channels}"),
             (frame.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {frame.mode!r}"),
             (self.image_format in IMAGE_FORMATS, f"--format must be one of {'|'.join(IMAGE_FORMATS)}, got {self.image_format!r}"),
@@ -133,13 +138,17 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_val(text: str) -> float:
-    """'500' -> 500 samples, '0.05' -> 5 percent, '0' -> none."""
+    """'500' -> 500 samples, '0.05' -> 5 percent, '0' -> none: a number written with a point or an
+    exponent is a fraction, which must lie in (0, 1) ('1.0' is refused, not read as one sample)."""
+    usage = "--val must be a sample count (e.g. 500) or a fraction in (0, 1) (e.g. 0.05)"
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return float(int(text))
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}") from None
-    if value < 0 or (value >= 1 and not value.is_integer()):
-        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}")
+        raise ConfigError(f"{usage}; got {text!r}") from None
+    if not 0 < value < 1:
+        raise ConfigError(f"{usage}; got {text!r}, a fraction {'of all samples' if value == 1 else 'outside (0, 1)'}")
     return value
 
 
@@ -693,9 +702,14 @@ def _write_dataset(dst: Path, work_list: WorkList, options: PackOptions, pack_ar
     if not selection.kept:
         reasons = Counter(_reason_kind(s["reason"]) for s in selection.skipped)
         skipped = ", ".join(f"{n} {why}" for why, n in reasons.most_common()) or "none"
+        frame = options.frame
+        hint = f"; --size {frame.width}x{frame.height} would upscale them more than {MAX_UPSCALE}x: pick a smaller --size" if "too small" in reasons else ""
+        shutil.rmtree(dst / WORK_DIR, ignore_errors=True)  # nothing in it is worth a rerun
+        with contextlib.suppress(OSError):
+            dst.rmdir()  # only if empty: pack made it
         raise DataError(
             f"no usable frame among {len(work_list.inputs) + len(work_list.scan_skipped)} inputs (skipped: {skipped}; "
-            f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate)"
+            f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate){hint}"
         )
     fingerprint = work_list.fingerprint()
     tasks = [

@@ -155,7 +155,8 @@ def abandon_after(rd: RunDir, choice: Choice) -> None:
     if moved:
         for record in dropped:
             append_metrics(aside / rd.metrics.name, record)
-        log.warning("resuming from step %d: moved the newer %s aside into %s", choice.step, ", ".join(p.name for p in moved), aside)
+        names = ", ".join(str(p.relative_to(rd.checkpoints)) for p in moved)  # best/step_N.pt beside step_N.pt
+        log.warning("resuming from step %d: moved the newer %s aside into %s", choice.step, names, aside)
     if choice.rollback:
         write_bytes_atomic(rd.rollback, json.dumps({"path": str(choice.path.resolve()), "sha256": choice.sha256}).encode())
 

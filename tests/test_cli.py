@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from shardgan import __version__
+from shardgan.cli import main
+from shardgan.resume import CHANGE_POLICY, ELASTIC, REFUSED
 from tests.conftest import PYTHON
 
 pytestmark = pytest.mark.multiproc  # every test here starts Python processes
@@ -58,3 +60,16 @@ def test_help_shows_flags_without_a_value_placeholder(command: str) -> None:
     assert done.returncode == 0
     flags = [line for line in done.stdout.splitlines() if "<bool>" in line and "--help" not in line]
     assert flags == []
+
+
+def test_allow_config_change_says_what_it_allows(capsys) -> None:
+    """The help and the config docstring name the changes resume.CHANGE_POLICY lets it through, and
+    say that an image size change is refused, as the policy does."""
+    assert CHANGE_POLICY["model.width"] == CHANGE_POLICY["model.height"] == REFUSED
+    main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # rich draws a box
+    documented = " ".join((Path(__file__).parents[1] / "shardgan" / "config.py").read_text().split())
+    for text in (help_text, documented):
+        assert "an image size change is always refused" in text
+        for key in (k for k, policy in CHANGE_POLICY.items() if policy == ELASTIC):
+            assert key.split(".")[1].replace("_", " ") in text or key in text, key

@@ -282,3 +282,34 @@ def test_summary_says_what_the_pack_did(tmp_path: Path) -> None:
     assert packed.outcome is Outcome.PACKED and packed.packed == {"train": 20, "val": 0} and lines[-3].startswith("packed 20 train from 20 inputs")
     again = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, log=lines.append)
     assert again.outcome is Outcome.ALREADY_PACKED and lines[-1] == f"{tmp_path / 'dst'} is already packed with these inputs and options; nothing to do"
+
+
+# -- issue 26: hints that are right, and nothing left behind --------------------------------
+
+
+def _pack_cli(src: Path, dst: Path, *flags: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = cli.main(["pack", str(src), str(dst), *flags])
+    return code, capsys.readouterr().err
+
+
+def test_a_size_larger_than_the_frames_allow_names_the_size_and_leaves_no_work_folder(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "out"
+    code, err = _pack_cli(frames_dir, dst, "--size", "1000x1000", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--size 1000x1000 would upscale them more than 2x: pick a smaller --size" in err
+    assert not dst.exists(), "a pack that kept nothing leaves no DST/.work behind"
+    code, err = _pack_cli(frames_dir, dst, "--size", "100000x100000", capsys=capsys)
+    assert code == 2 and "each side must be 8..4096" in err and not dst.exists(), err
+
+
+def test_a_size_too_small_to_train_on_is_refused_before_packing(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    code, err = _pack_cli(frames_dir, tmp_path / "out", "--size", "1x1", capsys=capsys)
+    assert code == 2 and "--size 1x1: each side must be 8..4096" in err and not (tmp_path / "out").exists(), err
+    assert _pack_cli(frames_dir, tmp_path / "out", "--size", "8x8", capsys=capsys)[0] == 0
+
+
+@pytest.mark.parametrize("text", ["1.0", "1.", "2.5", "1e0"])
+def test_val_written_with_a_point_is_a_fraction_in_0_1(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"fraction in \(0, 1\)"):
+        parse_val(text)
+    assert parse_val("1") == 1 and parse_val("0.5") == 0.5 and parse_val("1e-2") == 0.01
