@@ -167,6 +167,7 @@ class Hooks:
         self.total = total_steps(t.cfg, loader)
         self.meter = Meter()
         self.saved_step = t.step
+        self.corrupt_reported = len(loader.corrupt)
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
         self.evaluator = build_evaluator(t, loader)
@@ -198,11 +199,18 @@ class Hooks:
 
     def end_of_epoch(self, epoch: int) -> None:
         """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
-        log.info("epoch %d done at step %d", epoch, self.t.step)
+        log.info("epoch %d done at step %d%s", epoch, self.t.step, self._skipped_this_epoch())
         if self.t.world.is_main:
             self.tensorboard.images(self.t.step, save_samples(self.t, self.rd.sample(self.t.step)))
             save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
         self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)
+
+    def _skipped_this_epoch(self) -> str:
+        """All ranks' corrupt samples skipped since the last epoch end (collective), for its line."""
+        new = len(self.loader.corrupt) - self.corrupt_reported
+        self.corrupt_reported = len(self.loader.corrupt)
+        (skipped,) = dist.all_reduce_sum([float(new)], self.t.device)
+        return f", {int(skipped)} corrupt samples skipped (data.on_corrupt=skip; each was named above)" if skipped else ""
 
     def maybe_checkpoint(self, due: bool, *, best: bool = False) -> None:
         """The one save path (collective): never a step twice, never weights a non-finite step
