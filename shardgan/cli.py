@@ -74,6 +74,7 @@ def pack_cmd(
     merge: bool = typer.Option(False, "--merge", metavar="", help="Write shards + manifest from the encoded parts"),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace a different dataset already in DST"),
     keep_work: bool = typer.Option(False, "--keep-work", metavar="", help="Keep DST/.work (encoded chunks) after packing"),
+    progress_every: float = typer.Option(60.0, "--progress-every", min=0, help="Off a terminal (a job log): a progress line every this many seconds (0: none)"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
     from .frames import FrameSpec
@@ -86,7 +87,7 @@ def pack_cmd(
     )  # fmt: skip
     pack_dataset(
         src, dst, options, workers=workers, part=parse_part(part) if part else None,
-        merge=merge, overwrite=overwrite, keep_work=keep_work,
+        merge=merge, overwrite=overwrite, keep_work=keep_work, progress_every_s=progress_every,
     )  # fmt: skip
 
 

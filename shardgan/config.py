@@ -61,6 +61,8 @@ class DataConfig:
     """Page-locked batches for faster host-to-GPU copies (CUDA only)."""
     prefetch_factor: int = 4
     """Batches each reading process prepares ahead (each is a pre-allocated buffer, reused)."""
+    progress_every_s: float = 60.0
+    """Off a terminal (a job log), a progress line (images, rate, ETA) every this many seconds; 0: none."""
     decode_device: str = "cpu"
     """cpu, or cuda: JPEG shards are decoded on the GPU by nvjpeg, the CPU only reads bytes."""
     translate_px: int = 2
@@ -78,6 +80,7 @@ class DataConfig:
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
         _check(self.prefetch_factor >= 1, "data.prefetch_factor must be >= 1")
+        _check(self.progress_every_s >= 0, "data.progress_every_s must be >= 0")
         _check(self.decode_device in ("cpu", "cuda"), "data.decode_device must be 'cpu' or 'cuda'")
         _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
         _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")

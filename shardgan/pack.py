@@ -44,6 +44,7 @@ from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublish
 from .errors import ConfigError, DataError, Interrupted
 from .frames import MAX_UPSCALE, RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
+from .progress import ProgressLines
 from .shards import IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
 from .stopwatch import Stopwatch
 
@@ -531,6 +532,7 @@ def pack_dataset(
     merge: bool = False,
     overwrite: bool = False,
     keep_work: bool = False,
+    progress_every_s: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> PackSummary:
     """Pack SRC into DST (both stages), only encode a part (`part`), or only write (`merge`)."""
@@ -557,7 +559,8 @@ def pack_dataset(
             _require_chunks(work, len(chunks))
         with _worker_pool(min(workers or _available_cores(), len(mine) or 1)) as pool:
             clock.lap("start-up")
-            records = _chunk_records(src, work, work_list, options, list(mine), pool, summary)
+            lines_every_s = 0 if sys.stderr.isatty() else progress_every_s  # on a terminal, tqdm's bar
+            records = _chunk_records(src, work, work_list, options, list(mine), pool, summary, ProgressLines("encode", None, "frame", lines_every_s, log))
             if part is not None:
                 deque(records, maxlen=0)  # encode only
                 clock.lap("encode stage")
@@ -657,10 +660,11 @@ def _open_work_dir(dst: Path, work_list: WorkList, exclusive: bool) -> Path:
 
 
 def _chunk_records(
-    src: Path, work: Path, work_list: WorkList, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary
+    src: Path, work: Path, work_list: WorkList, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary, lines: ProgressLines
 ) -> Iterator[tuple[int, list[Record]]]:
     """(chunk index, records) in chunk order, each as soon as it is done: encoded now (in the pool)
-    if its file is missing, else read back. Encoded frames and worker seconds go to `summary`."""
+    if its file is missing, else read back. Encoded frames and worker seconds go to `summary`;
+    the bar (a terminal) or `lines` (a job log; its total set here) show the progress."""
     chunks = work_list.chunks()
     todo = {i for i in chunk_ids if not chunk_path(work, i).exists()}
     tasks = [ChunkTask([(j, work_list.inputs[j][0]) for j in chunks[i]], str(src), str(chunk_path(work, i)), options) for i in chunk_ids if i in todo]
@@ -669,6 +673,7 @@ def _chunk_records(
     total = None if has_video else sum(len(t.inputs) for t in tasks)
     results = zip(tasks, _map(pool, encode_chunk, tasks))
     bar = tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1, disable=None if tasks else True)  # None: off a terminal
+    lines.total = total
     # One thread fsyncs and renames finished chunks in order while the encoding goes on.
     with bar, ThreadPoolExecutor(1) as publisher:
         published = []
@@ -681,6 +686,7 @@ def _chunk_records(
             summary.frames_encoded += result.frames
             summary.stage_seconds.update(result.seconds)
             bar.update(result.frames if has_video else len(task.inputs))
+            lines.update(result.frames if has_video else len(task.inputs))
             yield i, result.records
         for future in published:
             future.result()

@@ -28,6 +28,7 @@ from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES
 from .models import count_params
+from .progress import ProgressLines
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
@@ -152,8 +153,10 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
         log.info("already at step %d of %d: nothing to train (raise train.epochs or train.max_steps to go on)", t.step, total)
         return False
     global_batch = t.cfg.data.batch_size * t.world.world_size
-    interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
+    interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, plain progress lines instead
     bar = tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not interactive, dynamic_ncols=True)
+    every_s = t.cfg.data.progress_every_s if t.world.is_main and not interactive else 0
+    lines = ProgressLines("train", total * global_batch, "img", every_s, log.info, initial=t.step * global_batch)
     hooks = Hooks(t, loader, rd, stop, bar)
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
@@ -166,6 +169,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
                 t.step += 1
                 hooks.meter.images += global_batch
                 bar.update(global_batch)
+                lines.update(global_batch)
                 stopped = hooks.after_step(stats, epoch)
                 if stopped or t.step == total:
                     break
