@@ -58,7 +58,7 @@ def import_ini_cmd(
 def pack_cmd(
     src: Path = typer.Argument(..., help="Folder of frames (png/jpg/jpeg/bmp/webp) and/or videos (mp4/mkv/avi/webm), searched recursively"),
     dst: Path = typer.Argument(..., help="Output folder for the shards and manifest.json"),
-    size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66"),
+    size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66; 88xauto: the height from the frames' aspect ratio"),
     mode: str = typer.Option("stretch", "--mode", help="stretch | crop (fill, cut centre) | pad (fit, black borders)"),
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
     image_format: str = typer.Option("raw", "--format", help="raw (uncompressed .npy, the fastest to load) | png | jpg | webp: see the README"),
@@ -78,9 +78,9 @@ def pack_cmd(
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
     from .frames import FrameSpec
-    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
+    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val, resolve_size
 
-    width, height = parse_size(size)
+    width, height = resolve_size(src, *parse_size(size))
     options = PackOptions(
         FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
         parse_val(val), samples_per_shard, parse_bytes(shard_size),

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublished_write, write_bytes_atomic
 from .errors import ConfigError, DataError, Interrupted
-from .frames import MAX_UPSCALE, RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
+from .frames import MAX_UPSCALE, RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan, source_size
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
 from .progress import ProgressLines
 from .shards import IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
@@ -61,6 +61,8 @@ TARGET_CHUNKS = 256
 granularity) and never more than 256 inputs each; the layout depends on the input count only."""
 SPLITS = ("train", "val")
 _SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
+ASPECT_TOLERANCE = 0.05
+"""A stretch beyond 5 % of the frames' width/height ratio is pointed out (the packed frames look squashed)."""
 MIN_SIDE, MAX_SIDE = 8, 4096
 """Stored frame sides: a DCGAN (models.choose_layout) needs 6 and SWD's 7x7 patches 7; a 4096x4096 RGB raw sample is 50 MB."""
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -121,12 +123,43 @@ class PackOptions:
         return int(self.val) if self.val >= 1 else round(self.val * num_samples)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'88x66' -> (88, 66) (width x height)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66; got {text!r}")
-    return int(match[1]), int(match[2])
+def parse_size(text: str) -> tuple[int | None, int | None]:
+    """'88x66' -> (88, 66); one side may be auto: '88xauto' -> (88, None), 'autox66' -> (None, 66),
+    that side then follows the frames' aspect ratio (resolve_size)."""
+    match = re.fullmatch(r"\s*(\d+|auto)\s*[xX]\s*(\d+|auto)\s*", text)
+    sides = [None if side == "auto" else int(side) for side in match.groups()] if match else []
+    if not sides or sides == [None, None] or min(s for s in sides if s is not None) < 1:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66, or one side auto (88xauto: the height from the frames' aspect ratio); got {text!r}")
+    return sides[0], sides[1]
+
+
+def resolve_size(src: Path, width: int | None, height: int | None) -> tuple[int, int]:
+    """An auto side from the first readable input's aspect ratio (rounded to the nearest pixel)."""
+    if width is not None and height is not None:
+        return width, height
+    _check_src(src)
+    size = first_frame_size(src, scan(src)[0])
+    if size is None:
+        raise DataError(f"--size {width or 'auto'}x{height or 'auto'}: no readable frame in the first inputs of {src} to take the aspect ratio from; give both sides")
+    w, h = size
+    return (width, max(1, round(width * h / w))) if height is None else (max(1, round(height * w / h)), height)
+
+
+def first_frame_size(src: Path, inputs: list[tuple[str, int]]) -> tuple[int, int] | None:
+    """The size of the first of the first 16 inputs (scan order) whose header reads: the frames' aspect ratio."""
+    return next((size for path, _ in inputs[:16] if (size := source_size(src / path)) is not None), None)
+
+
+def aspect_note(source: tuple[int, int], frame: FrameSpec) -> str | None:
+    """A line when --mode stretch changes the aspect ratio by more than ASPECT_TOLERANCE."""
+    (w, h), change = source, (frame.width / frame.height) / (source[0] / source[1]) - 1
+    if frame.mode != "stretch" or abs(change) <= ASPECT_TOLERANCE:
+        return None
+    kept = f"{frame.width}x{max(1, round(frame.width * h / w))}"
+    return (
+        f"note: --mode stretch changes the aspect ratio by {change:+.0%} ({w}x{h} frames to {frame.width}x{frame.height}); "
+        f"--size {kept} (or {frame.width}xauto) keeps it, --mode crop or --mode pad keep the frames' proportions at this size"
+    )
 
 
 def parse_bytes(text: str) -> int:
@@ -551,6 +584,8 @@ def pack_dataset(
                 shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
             log(done.lines()[0])
             return done
+        if not merge and (size := first_frame_size(src, work_list.inputs)) and (note := aspect_note(size, options.frame)):
+            log(note)
         work = _open_work_dir(dst, work_list, exclusive=part is None)
         summary = PackSummary(dst=dst, inputs=len(work_list.inputs) + len(work_list.scan_skipped))
         chunks = work_list.chunks()
@@ -604,9 +639,13 @@ def _write_errors(dst: Path) -> Iterator[None]:
         raise DataError(f"pack stopped writing to {where}: {e.strerror or e}; fix that and rerun the same command (finished work is kept)") from None
 
 
-def _check_locations(src: Path, dst: Path, part: tuple[int, int] | None, merge: bool, overwrite: bool) -> None:
+def _check_src(src: Path) -> None:
     if not src.is_dir():
         raise DataError(f"SRC {src} is not a directory" if src.exists() else f"SRC {src} does not exist")
+
+
+def _check_locations(src: Path, dst: Path, part: tuple[int, int] | None, merge: bool, overwrite: bool) -> None:
+    _check_src(src)
     real_src, real_dst = src.resolve(), dst.resolve()
     if real_dst == real_src or real_src in real_dst.parents:
         raise ConfigError(f"DST {dst} is inside SRC {src}; put the shards somewhere else")

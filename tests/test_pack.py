@@ -313,3 +313,21 @@ def test_val_written_with_a_point_is_a_fraction_in_0_1(text: str) -> None:
     with pytest.raises(ConfigError, match=r"fraction in \(0, 1\)"):
         parse_val(text)
     assert parse_val("1") == 1 and parse_val("0.5") == 0.5 and parse_val("1e-2") == 0.01
+
+
+def test_a_stretch_that_changes_the_aspect_ratio_is_pointed_out_with_a_size_that_keeps_it(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    assert cli.main(["pack", str(frames_dir), str(tmp_path / "square"), "--size", "64x64"]) == 0  # 160x120 frames
+    out = capsys.readouterr().out
+    assert "note: --mode stretch changes the aspect ratio by -25% (160x120 frames to 64x64); --size 64x48 (or 64xauto) keeps it" in out, out
+    for flags in (["--size", "64x48"], ["--size", "62x48"], ["--size", "64x64", "--mode", "crop"]):  # 62x48: 3 % off
+        assert cli.main(["pack", str(frames_dir), str(tmp_path / "-".join(flags)), *flags]) == 0
+        assert "aspect ratio" not in capsys.readouterr().out, flags
+
+
+@pytest.mark.parametrize(("size", "stored"), [("88xauto", (88, 66)), ("autox48", (64, 48))])
+def test_an_auto_side_follows_the_frames_aspect_ratio(frames_dir: Path, tmp_path: Path, size: str, stored: tuple[int, int], capsys) -> None:
+    assert cli.main(["pack", str(frames_dir), str(tmp_path / "out"), "--size", size]) == 0
+    manifest = load_manifest(tmp_path / "out")
+    assert (manifest.width, manifest.height) == stored and "aspect ratio" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="one side auto"):
+        parse_size("autoxauto")
