@@ -10,6 +10,7 @@ For a single launch without restarts; under a scheduler use torchrun itself (REA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -27,7 +28,8 @@ def worker_groups() -> list[int]:
     """This process's children that lead their own process group: torchrun's workers."""
     children = []
     for task in Path("/proc/self/task").iterdir():
-        children += [int(pid) for pid in (task / "children").read_text().split()]
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            children += [int(pid) for pid in (task / "children").read_text().split()]
     return [pid for pid in children if _pgid(pid) == pid]
 
 
@@ -39,7 +41,10 @@ def _pgid(pid: int) -> int | None:
 
 
 def _pass_on(signum: int, frame: Any) -> None:
-    for pid in worker_groups():
+    groups = worker_groups()
+    if not groups:  # before the workers start (or after they ended): nobody to stop cleanly
+        raise KeyboardInterrupt
+    for pid in groups:
         try:
             os.killpg(pid, signum)
         except ProcessLookupError:
@@ -75,6 +80,9 @@ def main(argv: list[str]) -> int:
         run(args)
     except ChildFailedError as e:
         return _exit_code(e.failures)
+    except KeyboardInterrupt:
+        print("interrupted: no worker was running", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
