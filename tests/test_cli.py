@@ -11,7 +11,7 @@ import pytest
 from shardgan import __version__
 from shardgan.cli import main
 from shardgan.resume import CHANGE_POLICY, ELASTIC, REFUSED
-from tests.conftest import PYTHON
+from tests.conftest import PYTHON, ROOT
 
 pytestmark = pytest.mark.multiproc  # every test here starts Python processes
 
@@ -73,3 +73,13 @@ def test_allow_config_change_says_what_it_allows(capsys) -> None:
         assert "an image size change is always refused" in text
         for key in (k for k, policy in CHANGE_POLICY.items() if policy == ELASTIC):
             assert key.split(".")[1].replace("_", " ") in text or key in text, key
+
+
+def test_an_unwritable_run_directory_exits_1_in_one_line_naming_it(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    """What a read-only run directory gives (root ignores chmod, so here: run.root below a file)."""
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs folder should be")
+    code = main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), f"data.shards={tiny_shards}", f"run.root={blocker}", "train.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: cannot write or read ") and str(blocker) in err and err.count("\n") == 1, err
+    assert blocker.read_text() == "a file where the runs folder should be"
