@@ -167,9 +167,10 @@ class Hooks:
         self.total = total_steps(t.cfg, loader)
         self.meter = Meter()
         self.saved_step = t.step
-        self.corrupt_reported = len(loader.corrupt)
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
+        self.corrupt_reported = len(loader.corrupt)
+        """This rank's skipped samples already counted in an epoch-end line."""
         self.evaluator = build_evaluator(t, loader)
         self.tensorboard = TensorBoard(rd, t.step) if t.world.is_main else None
         self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs)
