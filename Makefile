@@ -39,12 +39,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not multiproc and not soak"
 
-# Demo frames (only when DATA is the default), pack, train; each step is cached, so running it
-# again resumes the same run (RUN) from its newest checkpoint.
-train: $(STAMP) $(DEMO_STAMP)
-	$(if $(filter $(DEMO_FRAMES),$(DATA)),$(PY) tools/make_demo_frames.py $(DATA))
+# Demo frames and their extra (only when DATA is the default), pack, train; each step is cached,
+# so running it again resumes the same run (RUN) from its newest checkpoint. shardgan.launch is
+# torchrun ending as the workers did: after Ctrl-C one line, "run `make train ...` again to resume".
+DEMO := $(filter $(DEMO_FRAMES),$(DATA))
+RESUME := make train$(if $(MAKEOVERRIDES), $(MAKEOVERRIDES))
+train: $(STAMP) $(if $(DEMO),$(DEMO_STAMP))
+	$(if $(DEMO),$(PY) tools/make_demo_frames.py $(DATA))
 	$(PY) -m shardgan.cli pack $(DATA) $(SHARDS) --size $(SIZE) --val $(VAL)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m shardgan.train --config $(CONFIG) data.shards=$(SHARDS) run.name=$(RUN) $(ARGS)
+	SHARDGAN_RESUME_COMMAND='$(RESUME)' $(PY) -m shardgan.launch --standalone --nproc_per_node=$(NPROC) -m shardgan.train --config $(CONFIG) data.shards=$(SHARDS) run.name=$(RUN) $(ARGS)
 
 $(DEMO_STAMP): pyproject.toml constraints.txt $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[demo]' || echo "warning: vizdoom did not install; the demo frames will be procedural stand-ins"

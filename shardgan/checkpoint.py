@@ -117,6 +117,12 @@ def move_newer_aside(directory: Path, step: int, destination: Path) -> list[Path
     return newer
 
 
+def _is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive: garbage is told apart from a checkpoint that lost its .json."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_file(path: Path) -> dict[str, Any]:
     """Load one checkpoint after checking its metadata, size and sha256; CheckpointError says why not."""
     meta_path = _meta_path(path)
@@ -126,6 +132,8 @@ def load_file(path: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         data = path.read_bytes()
     except FileNotFoundError as e:
+        if not _is_torch_file(path):
+            raise CheckpointError(f"{path}: not a shardgan checkpoint (not a torch.save file, and no {meta_path.name} beside it)") from None
         raise CheckpointError(f"{path}: incomplete (missing {Path(e.filename).name})") from None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable metadata or data: {e}") from None

@@ -7,6 +7,7 @@ usage error or `import-ini` then answer without importing torch (seconds on a co
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -57,7 +58,7 @@ def import_ini_cmd(
 def pack_cmd(
     src: Path = typer.Argument(..., help="Folder of frames (png/jpg/jpeg/bmp/webp) and/or videos (mp4/mkv/avi/webm), searched recursively"),
     dst: Path = typer.Argument(..., help="Output folder for the shards and manifest.json"),
-    size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66"),
+    size: str = typer.Option("64x64", "--size", help="Stored frame size WIDTHxHEIGHT, e.g. 88x66; 88xauto: the height from the frames' aspect ratio"),
     mode: str = typer.Option("stretch", "--mode", help="stretch | crop (fill, cut centre) | pad (fit, black borders)"),
     channels: int = typer.Option(3, "--channels", help="3 (RGB) or 1 (grayscale)"),
     image_format: str = typer.Option("raw", "--format", help="raw (uncompressed .npy, the fastest to load) | png | jpg | webp: see the README"),
@@ -74,19 +75,20 @@ def pack_cmd(
     merge: bool = typer.Option(False, "--merge", metavar="", help="Write shards + manifest from the encoded parts"),
     overwrite: bool = typer.Option(False, "--overwrite", metavar="", help="Replace a different dataset already in DST"),
     keep_work: bool = typer.Option(False, "--keep-work", metavar="", help="Keep DST/.work (encoded chunks) after packing"),
+    progress_every: float = typer.Option(60.0, "--progress-every", min=0, help="Off a terminal (a job log): a progress line every this many seconds (0: none)"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
     from .frames import FrameSpec
-    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val
+    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val, resolve_size
 
-    width, height = parse_size(size)
+    width, height = resolve_size(src, *parse_size(size))
     options = PackOptions(
         FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
         parse_val(val), samples_per_shard, parse_bytes(shard_size), chroma,
     )  # fmt: skip
     pack_dataset(
         src, dst, options, workers=workers, part=parse_part(part) if part else None,
-        merge=merge, overwrite=overwrite, keep_work=keep_work,
+        merge=merge, overwrite=overwrite, keep_work=keep_work, progress_every_s=progress_every,
     )  # fmt: skip
 
 
@@ -109,7 +111,7 @@ def train_cmd(
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
     run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: the config file's name)"),
-    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch/world/image size change"),
+    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch size, world size or train.seed change (not bit-exact; an image size change is always refused)"),
     dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the resolved config and exit"),
 ) -> None:
     """Train a DCGAN (one process; `torchrun -m shardgan.train` takes the same arguments, for DDP).
@@ -174,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine's refusal (disk full, read-only, permissions): one line naming the file
         print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # in train, a second Ctrl-C: the first asks for a checkpoint and a clean stop
-        print("interrupted", file=sys.stderr)
-        return 130
-    return code if isinstance(code, int) else 0
+    code = code if isinstance(code, int) else 0
+    if code == 130 and os.environ.get("RANK", "0") == "0":  # typer's answer to a KeyboardInterrupt (train: a second Ctrl-C)
+        print("interrupted: what was complete is kept", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

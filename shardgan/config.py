@@ -67,6 +67,8 @@ class DataConfig:
     """Page-locked batches for faster host-to-GPU copies (CUDA only)."""
     prefetch_factor: int = 4
     """Batches each reading process prepares ahead (each is a pre-allocated buffer, reused)."""
+    progress_every_s: float = 60.0
+    """Off a terminal (a job log), a progress line (images, rate, ETA) every this many seconds; 0: none."""
     decode_device: str = "cpu"
     """cpu, or cuda: JPEG shards are decoded on the GPU by nvjpeg, the CPU only reads bytes."""
     translate_px: int = 2
@@ -85,6 +87,7 @@ class DataConfig:
         _check(self.translate_px >= 0, "data.translate_px must be >= 0")
         _check(self.color_jitter >= 0, "data.color_jitter must be >= 0")
         _check(self.prefetch_factor >= 1, "data.prefetch_factor must be >= 1")
+        _check(self.progress_every_s >= 0, "data.progress_every_s must be >= 0")
         _check(self.decode_device in ("cpu", "cuda"), "data.decode_device must be 'cpu' or 'cuda'")
         _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
         _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")
@@ -257,7 +260,8 @@ class CheckpointConfig:
     resume: str = "auto"
     """auto: newest valid checkpoint in the run dir if any; never; or a checkpoint path."""
     allow_config_change: bool = False
-    """Allow resuming with a batch/world/image size change that breaks exactness."""
+    """Allow resuming with a batch size, world size or train.seed change, which breaks exactness
+    (an image size change is always refused: the weights fit one size)."""
 
     def __post_init__(self) -> None:
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1")

@@ -17,6 +17,7 @@ from .generate import Chosen, choose_checkpoint, generate_images, generator_from
 from .reader import sample_images
 from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
 from .rundir import RunDir, append_metrics
+from .source import split_location
 
 log = logging.getLogger("shardgan")
 
@@ -43,8 +44,8 @@ class Evaluator:
         real = load_real_images(cfg.data, cfg.eval.num_images)
         if len(real) < cfg.eval.num_images:
             log.warning(
-                "the val split of %s has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
-                cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
+                "the val split (%s) has %d images, fewer than eval.num_images=%d: comparing %d real with %d generated",
+                split_location(cfg.data, "val"), len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
         swd = SlicedWasserstein.with_mode(real, cfg.eval.swd_mode)

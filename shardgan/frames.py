@@ -162,6 +162,24 @@ def load_frames(path: Path, spec: FrameSpec, clock: Stopwatch | None = None) -> 
         yield f"corrupt: {_describe(e)}"
 
 
+def source_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of an input as to_pixels sees it (EXIF rotation applied), from its header
+    only; None if it cannot be read (pack then skips it and says why)."""
+    try:
+        if is_video(path):
+            import av
+
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                return stream.codec_context.width, stream.codec_context.height
+        with Image.open(path) as image:
+            width, height = image.size
+            rotated = image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            return (height, width) if rotated else (width, height)
+    except Exception:  # noqa: BLE001 - unreadable here is unreadable in the encode stage, which names it
+        return None
+
+
 class _Unusable(Exception):
     """A well-formed input that we refuse (bomb, tiny): its message is the skip reason."""
 

@@ -26,6 +26,7 @@ from .generate import best_checkpoint
 from .loader import ShardLoader
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
+from .source import split_location
 from .stop import StopFlag
 from .trainer import Trainer, total_steps
 from .viz import save_curve, save_grid, save_loss_curve
@@ -158,7 +159,7 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
     val = loader.manifest.splits.get("val")
     if not val or not val.shards:
         if t.world.is_main:
-            log.warning("no val split in %s: SWD evaluation, the best checkpoint and the samples' diversity check are skipped (pack with --val to get one)", t.cfg.data.shards)
+            log.warning("no val split (%s): SWD evaluation, the best checkpoint and the samples' diversity check are skipped (pack with --val to get one)", split_location(t.cfg.data, "val"))
         return None
     evaluator, error = None, ""
     if t.world.is_main:
@@ -181,6 +182,8 @@ class Hooks:
         self.saved_step = t.step
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
+        self.corrupt_reported = len(loader.corrupt)
+        """This rank's skipped samples already counted in an epoch-end line."""
         self.evaluator = build_evaluator(t, loader)
         self.tensorboard = TensorBoard(rd, t.step) if t.world.is_main else None
         self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs, t.cfg.train.collapse_evals)
@@ -209,11 +212,18 @@ class Hooks:
 
     def end_of_epoch(self, epoch: int) -> None:
         """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
-        log.info("epoch %d done at step %d", epoch, self.t.step)
+        log.info("epoch %d done at step %d%s", epoch, self.t.step, self._skipped_this_epoch())
         if self.t.world.is_main:
             self.tensorboard.images(self.t.step, save_samples(self.t, self.rd.sample(self.t.step)))
             save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
         self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)
+
+    def _skipped_this_epoch(self) -> str:
+        """All ranks' corrupt samples skipped since the last epoch end (collective), for its line."""
+        new = len(self.loader.corrupt) - self.corrupt_reported
+        self.corrupt_reported = len(self.loader.corrupt)
+        (skipped,) = dist.all_reduce_sum([float(new)], self.t.device)
+        return f", {int(skipped)} corrupt samples skipped (data.on_corrupt=skip; each was named above)" if skipped else ""
 
     def maybe_checkpoint(self, due: bool, *, best: bool = False) -> None:
         """The one save path (collective): never a step twice, never weights a non-finite step

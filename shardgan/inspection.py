@@ -6,6 +6,7 @@ and the loader's reader, and nothing downstream of them depends on it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
@@ -36,32 +37,50 @@ def summary_lines(manifest: Manifest, max_skipped: int = 10) -> list[str]:
     return lines
 
 
-def verify_dataset(manifest: Manifest) -> list[str]:
-    """Every problem found re-reading every shard fully: checksum, size, sample layout, decoding."""
-    problems = []
-    for split in manifest.splits.values():
-        for shard in split.shards:
-            problems += verify_shard(manifest, shard)
-    return problems
+@dataclass(frozen=True)
+class ShardVerdict:
+    """One shard re-read in full: what is wrong with it ("" when nothing) and how many samples are lost."""
+
+    path: Path
+    num_samples: int
+    lost: int = 0
+    problem: str = ""
+
+    def line(self) -> str:
+        if not self.problem:
+            return f"{self.path}: OK, {self.num_samples} samples"
+        return f"{self.path}: BAD: {self.problem}; {self.lost} of {self.num_samples} samples lost"
 
 
-def verify_shard(manifest: Manifest, shard: ShardInfo) -> list[str]:
-    path = manifest.shard_path(shard)
+def verify_dataset(manifest: Manifest) -> list[ShardVerdict]:
+    """Every shard re-read fully (checksum, size, sample layout, decoding), one verdict each."""
+    return [verify_shard(manifest, shard) for split in manifest.splits.values() for shard in split.shards]
+
+
+def verify_shard(manifest: Manifest, shard: ShardInfo) -> ShardVerdict:
+    path, offsets = manifest.shard_path(shard), shard.offsets
     if not path.exists():
-        return [f"{path}: missing"]
-    problems = []
-    if (size := path.stat().st_size) != shard.num_bytes:
-        problems.append(f"{path}: {size} bytes, manifest says {shard.num_bytes}")
-    if (digest := sha256_file(path)) != shard.sha256:
-        problems.append(f"{path}: sha256 {digest[:12]}..., manifest says {shard.sha256[:12]}...")
+        return ShardVerdict(path, shard.num_samples, shard.num_samples, "missing")
+    size = path.stat().st_size
+    bad: list[tuple[int, str]] = []
     with open(path, "rb") as f:
         for i in range(shard.num_samples):
             try:
-                members = read_sample(f, shard.offsets[i], shard.offsets[i + 1])
+                members = read_sample(f, offsets[i], offsets[i + 1])
                 decode_sample(members, manifest.image_format, manifest.height, manifest.width, manifest.channels)
             except ValueError as e:
-                problems.append(f"{path}: sample {i}: {e}")
-    return problems
+                bad.append((i, str(e)))
+    problems = []
+    if size < shard.num_bytes:
+        problems.append(f"cut short: ends at byte {size} of {shard.num_bytes}")
+    elif size > shard.num_bytes:
+        problems.append(f"{size} bytes, manifest says {shard.num_bytes}")
+    if bad:
+        i, reason = bad[0]
+        problems.append(f"first bad sample {i} at bytes {offsets[i]}..{offsets[i + 1]}: {reason}")
+    if sha256_file(path) != shard.sha256:
+        problems.append("sha256 differs from the manifest's" + ("" if problems else " (every sample decodes)"))
+    return ShardVerdict(path, shard.num_samples, len(bad), "; ".join(problems))
 
 
 def inspect_dataset(
@@ -77,10 +96,12 @@ def inspect_dataset(
         finally:
             reader.close()
     if verify:
-        problems = verify_dataset(manifest)
-        for line in problems:
-            print(line)
-        if problems:
-            raise DataError(f"verify found {len(problems)} problems in {manifest.root}")
+        verdicts = verify_dataset(manifest)
+        for verdict in verdicts:
+            print(verdict.line())
+        bad = [v for v in verdicts if v.problem]
+        if bad:
+            lost = sum(v.lost for v in bad)
+            raise DataError(f"verify found {len(bad)} bad of {len(verdicts)} shards in {manifest.root}, {lost} samples lost")
         total = sum(split.num_samples for split in manifest.splits.values())
         print(f"verified: all {total} samples decode and every shard matches its sha256")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,17 @@ def load_manifest(location: str | Path) -> Manifest:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"no {MANIFEST_NAME} in {path.parent} (pack frames first: shardgan pack FRAMES {path.parent})") from None
+        raise DataError(f"no {MANIFEST_NAME} in {path.parent}: {_not_packed_hint(path.parent)}") from None
     return parse_manifest(data, str(path), path.parent)
+
+
+def _not_packed_hint(directory: Path) -> str:
+    """A command that works as printed: shards without a manifest came from an unfinished pack;
+    anything else (a frames folder, most likely) is packed into a folder beside it."""
+    if any(directory.glob("*.tar")):
+        return "an unfinished pack (it writes the manifest last): rerun the shardgan pack that wrote these shards"
+    out = directory.with_name(directory.name + "_shards")
+    return f"not a packed dataset; to pack the frames in it: shardgan pack {shlex.quote(str(directory))} {shlex.quote(str(out))}, then data.shards={shlex.quote(str(out))}"
 
 
 def parse_manifest(data: bytes, origin: str, root: Path = Path(".")) -> Manifest:

@@ -42,8 +42,9 @@ from tqdm import tqdm
 
 from .atomic import fsync_dir, publish, remove_stale_temps, temp_path, unpublished_write, write_bytes_atomic
 from .errors import ConfigError, DataError, Interrupted
-from .frames import RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan
+from .frames import MAX_UPSCALE, RESIZE_MODES, FrameSpec, is_blank, is_video, load_frames, scan, source_size
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, load_manifest
+from .progress import ProgressLines
 from .shards import CHROMA, IMAGE_FORMATS, Sample, encode_image, sample_bytes, sample_key, write_shard
 from .stopwatch import Stopwatch
 
@@ -60,6 +61,10 @@ TARGET_CHUNKS = 256
 granularity) and never more than 256 inputs each; the layout depends on the input count only."""
 SPLITS = ("train", "val")
 _SHARD_NAME = re.compile(r"^(train|val)-\d{6}\.tar$")
+ASPECT_TOLERANCE = 0.05
+"""A stretch beyond 5 % of the frames' width/height ratio is pointed out (the packed frames look squashed)."""
+MIN_SIDE, MAX_SIDE = 8, 4096
+"""Stored frame sides: a DCGAN (models.choose_layout) needs 6 and SWD's 7x7 patches 7; a 4096x4096 RGB raw sample is 50 MB."""
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -84,7 +89,10 @@ class PackOptions:
     def __post_init__(self) -> None:
         frame = self.frame
         checks = [
-            (frame.width >= 1 and frame.height >= 1, f"--size must be positive, got {frame.width}x{frame.height}"),
+            (
+                MIN_SIDE <= min(frame.width, frame.height) and max(frame.width, frame.height) <= MAX_SIDE,
+                f"--size {frame.width}x{frame.height}: each side must be {MIN_SIDE}..{MAX_SIDE} (the smallest a DCGAN and SWD's 7x7 patches train and score on, the largest shardgan stores)",
+            ),
             (frame.channels in (1, 3), f"--channels must be 1 or 3, got {frame.channels}"),
             (frame.mode in RESIZE_MODES, f"--mode must be one of {'|'.join(RESIZE_MODES)}, got {frame.mode!r}"),
             (self.image_format in IMAGE_FORMATS, f"--format must be one of {'|'.join(IMAGE_FORMATS)}, got {self.image_format!r}"),
@@ -120,12 +128,43 @@ class PackOptions:
         return int(self.val) if self.val >= 1 else round(self.val * num_samples)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'88x66' -> (88, 66) (width x height)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66; got {text!r}")
-    return int(match[1]), int(match[2])
+def parse_size(text: str) -> tuple[int | None, int | None]:
+    """'88x66' -> (88, 66); one side may be auto: '88xauto' -> (88, None), 'autox66' -> (None, 66),
+    that side then follows the frames' aspect ratio (resolve_size)."""
+    match = re.fullmatch(r"\s*(\d+|auto)\s*[xX]\s*(\d+|auto)\s*", text)
+    sides = [None if side == "auto" else int(side) for side in match.groups()] if match else []
+    if not sides or sides == [None, None] or min(s for s in sides if s is not None) < 1:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66, or one side auto (88xauto: the height from the frames' aspect ratio); got {text!r}")
+    return sides[0], sides[1]
+
+
+def resolve_size(src: Path, width: int | None, height: int | None) -> tuple[int, int]:
+    """An auto side from the first readable input's aspect ratio (rounded to the nearest pixel)."""
+    if width is not None and height is not None:
+        return width, height
+    _check_src(src)
+    size = first_frame_size(src, scan(src)[0])
+    if size is None:
+        raise DataError(f"--size {width or 'auto'}x{height or 'auto'}: no readable frame in the first inputs of {src} to take the aspect ratio from; give both sides")
+    w, h = size
+    return (width, max(1, round(width * h / w))) if height is None else (max(1, round(height * w / h)), height)
+
+
+def first_frame_size(src: Path, inputs: list[tuple[str, int]]) -> tuple[int, int] | None:
+    """The size of the first of the first 16 inputs (scan order) whose header reads: the frames' aspect ratio."""
+    return next((size for path, _ in inputs[:16] if (size := source_size(src / path)) is not None), None)
+
+
+def aspect_note(source: tuple[int, int], frame: FrameSpec) -> str | None:
+    """A line when --mode stretch changes the aspect ratio by more than ASPECT_TOLERANCE."""
+    (w, h), change = source, (frame.width / frame.height) / (source[0] / source[1]) - 1
+    if frame.mode != "stretch" or abs(change) <= ASPECT_TOLERANCE:
+        return None
+    kept = f"{frame.width}x{max(1, round(frame.width * h / w))}"
+    return (
+        f"note: --mode stretch changes the aspect ratio by {change:+.0%} ({w}x{h} frames to {frame.width}x{frame.height}); "
+        f"--size {kept} (or {frame.width}xauto) keeps it, --mode crop or --mode pad keep the frames' proportions at this size"
+    )
 
 
 def parse_bytes(text: str) -> int:
@@ -138,13 +177,17 @@ def parse_bytes(text: str) -> int:
 
 
 def parse_val(text: str) -> float:
-    """'500' -> 500 samples, '0.05' -> 5 percent, '0' -> none."""
+    """'500' -> 500 samples, '0.05' -> 5 percent, '0' -> none: a number written with a point or an
+    exponent is a fraction, which must lie in (0, 1) ('1.0' is refused, not read as one sample)."""
+    usage = "--val must be a sample count (e.g. 500) or a fraction in (0, 1) (e.g. 0.05)"
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return float(int(text))
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}") from None
-    if value < 0 or (value >= 1 and not value.is_integer()):
-        raise ConfigError(f"--val must be a sample count (e.g. 500) or a fraction (e.g. 0.05); got {text!r}")
+        raise ConfigError(f"{usage}; got {text!r}") from None
+    if not 0 < value < 1:
+        raise ConfigError(f"{usage}; got {text!r}, a fraction {'of all samples' if value == 1 else 'outside (0, 1)'}")
     return value
 
 
@@ -527,6 +570,7 @@ def pack_dataset(
     merge: bool = False,
     overwrite: bool = False,
     keep_work: bool = False,
+    progress_every_s: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> PackSummary:
     """Pack SRC into DST (both stages), only encode a part (`part`), or only write (`merge`)."""
@@ -545,6 +589,8 @@ def pack_dataset(
                 shutil.rmtree(dst / WORK_DIR, ignore_errors=True)
             log(done.lines()[0])
             return done
+        if not merge and (size := first_frame_size(src, work_list.inputs)) and (note := aspect_note(size, options.frame)):
+            log(note)
         work = _open_work_dir(dst, work_list, exclusive=part is None)
         summary = PackSummary(dst=dst, inputs=len(work_list.inputs) + len(work_list.scan_skipped))
         chunks = work_list.chunks()
@@ -553,7 +599,8 @@ def pack_dataset(
             _require_chunks(work, len(chunks))
         with _worker_pool(min(workers or _available_cores(), len(mine) or 1)) as pool:
             clock.lap("start-up")
-            records = _chunk_records(src, work, work_list, options, list(mine), pool, summary)
+            lines_every_s = 0 if sys.stderr.isatty() else progress_every_s  # on a terminal, tqdm's bar
+            records = _chunk_records(src, work, work_list, options, list(mine), pool, summary, ProgressLines("encode", None, "frame", lines_every_s, log))
             if part is not None:
                 deque(records, maxlen=0)  # encode only
                 clock.lap("encode stage")
@@ -597,9 +644,13 @@ def _write_errors(dst: Path) -> Iterator[None]:
         raise DataError(f"pack stopped writing to {where}: {e.strerror or e}; fix that and rerun the same command (finished work is kept)") from None
 
 
-def _check_locations(src: Path, dst: Path, part: tuple[int, int] | None, merge: bool, overwrite: bool) -> None:
+def _check_src(src: Path) -> None:
     if not src.is_dir():
         raise DataError(f"SRC {src} is not a directory" if src.exists() else f"SRC {src} does not exist")
+
+
+def _check_locations(src: Path, dst: Path, part: tuple[int, int] | None, merge: bool, overwrite: bool) -> None:
+    _check_src(src)
     real_src, real_dst = src.resolve(), dst.resolve()
     if real_dst == real_src or real_src in real_dst.parents:
         raise ConfigError(f"DST {dst} is inside SRC {src}; put the shards somewhere else")
@@ -653,10 +704,11 @@ def _open_work_dir(dst: Path, work_list: WorkList, exclusive: bool) -> Path:
 
 
 def _chunk_records(
-    src: Path, work: Path, work_list: WorkList, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary
+    src: Path, work: Path, work_list: WorkList, options: PackOptions, chunk_ids: list[int], pool: Any, summary: PackSummary, lines: ProgressLines
 ) -> Iterator[tuple[int, list[Record]]]:
     """(chunk index, records) in chunk order, each as soon as it is done: encoded now (in the pool)
-    if its file is missing, else read back. Encoded frames and worker seconds go to `summary`."""
+    if its file is missing, else read back. Encoded frames and worker seconds go to `summary`;
+    the bar (a terminal) or `lines` (a job log; its total set here) show the progress."""
     chunks = work_list.chunks()
     todo = {i for i in chunk_ids if not chunk_path(work, i).exists()}
     tasks = [ChunkTask([(j, work_list.inputs[j][0]) for j in chunks[i]], str(src), str(chunk_path(work, i)), options) for i in chunk_ids if i in todo]
@@ -665,6 +717,7 @@ def _chunk_records(
     total = None if has_video else sum(len(t.inputs) for t in tasks)
     results = zip(tasks, _map(pool, encode_chunk, tasks))
     bar = tqdm(total=total, unit="frame", desc="encode", dynamic_ncols=True, smoothing=0.1, disable=None if tasks else True)  # None: off a terminal
+    lines.total = total
     # One thread fsyncs and renames finished chunks in order while the encoding goes on.
     with bar, ThreadPoolExecutor(1) as publisher:
         published = []
@@ -677,6 +730,7 @@ def _chunk_records(
             summary.frames_encoded += result.frames
             summary.stage_seconds.update(result.seconds)
             bar.update(result.frames if has_video else len(task.inputs))
+            lines.update(result.frames if has_video else len(task.inputs))
             yield i, result.records
         for future in published:
             future.result()
@@ -698,9 +752,14 @@ def _write_dataset(dst: Path, work_list: WorkList, options: PackOptions, pack_ar
     if not selection.kept:
         reasons = Counter(_reason_kind(s["reason"]) for s in selection.skipped)
         skipped = ", ".join(f"{n} {why}" for why, n in reasons.most_common()) or "none"
+        frame = options.frame
+        hint = f"; --size {frame.width}x{frame.height} would upscale them more than {MAX_UPSCALE}x: pick a smaller --size" if "too small" in reasons else ""
+        shutil.rmtree(dst / WORK_DIR, ignore_errors=True)  # nothing in it is worth a rerun
+        with contextlib.suppress(OSError):
+            dst.rmdir()  # only if empty: pack made it
         raise DataError(
             f"no usable frame among {len(work_list.inputs) + len(work_list.scan_skipped)} inputs (skipped: {skipped}; "
-            f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate)"
+            f"dropped: {selection.filtered['blank']} blank, {selection.filtered['duplicate']} duplicate){hint}"
         )
     fingerprint = work_list.fingerprint()
     tasks = [

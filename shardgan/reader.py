@@ -160,7 +160,7 @@ class ShardReader:
         mapped = self._map(shard)
         start, end = int(info.offsets[index]), int(info.offsets[index + 1])
         try:
-            return parse_sample(mapped.bytes_at(start, end), start, end)
+            return parse_sample(mapped.bytes_at(start, end), start, end, mapped.size_now())
         except ValueError as e:
             raise CorruptSampleError(info.name, _key_at(mapped.bytes_at(start, start + TAR_BLOCK), index), str(e)) from None
 

@@ -46,7 +46,7 @@ CHANGE_POLICY: dict[str, str] = {
     **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),
     **dict.fromkeys(("train.device", "train.precision", "train.channels_last", "train.compile", "data.decode_device"), APPLIED),
     # free: where things are, how fast they load, when to stop, log, save or evaluate
-    **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor"), FREE),
+    **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor", "data.progress_every_s"), FREE),
     **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
     **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),
@@ -160,7 +160,8 @@ def abandon_after(rd: RunDir, choice: Choice) -> None:
     if moved:
         for record in dropped:
             append_metrics(aside / rd.metrics.name, record)
-        log.warning("resuming from step %d: moved the newer %s aside into %s", choice.step, ", ".join(p.name for p in moved), aside)
+        names = ", ".join(str(p.relative_to(rd.checkpoints)) for p in moved)  # best/step_N.pt beside step_N.pt
+        log.warning("resuming from step %d: moved the newer %s aside into %s", choice.step, names, aside)
     if choice.rollback:
         write_bytes_atomic(rd.rollback, json.dumps({"path": str(choice.path.resolve()), "sha256": choice.sha256}).encode())
 

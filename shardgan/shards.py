@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -243,14 +244,15 @@ def parse_members(blob: bytes) -> dict[str, bytes]:
 def read_sample(f: BinaryIO, start: int, end: int) -> dict[str, bytes]:
     start, end = int(start), int(end)  # manifest offsets are numpy integers
     f.seek(start)
-    return parse_sample(f.read(end - start), start, end)
+    return parse_sample(f.read(end - start), start, end, os.fstat(f.fileno()).st_size)
 
 
-def parse_sample(blob: bytes, start: int, end: int) -> dict[str, bytes]:
+def parse_sample(blob: bytes, start: int, end: int, shard_size: int) -> dict[str, bytes]:
     """The members of the sample at [start, end) of its shard, from the bytes read there
-    (fewer than end - start when the shard ends early); ValueError says what is wrong."""
+    (fewer than end - start when the shard, `shard_size` bytes now, ends early); ValueError says
+    what is wrong."""
     if len(blob) != end - start:
-        raise ValueError(f"shard ends at byte {start + len(blob)}, sample needs up to {end}")
+        raise ValueError(f"shard ends at byte {shard_size}, sample needs bytes {start}..{end}")
     try:
         return parse_members(blob)
     except ValueError as e:

@@ -17,7 +17,7 @@ import webdataset as wds
 from .cache import ShardCache, auto_limit, default_cache_dir
 from .config import DataConfig
 from .errors import DataError
-from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, parse_manifest
+from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, manifest_path, parse_manifest
 from .sources import FetchPolicy, fetch_bytes, sibling, url_name
 
 URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
@@ -64,7 +64,10 @@ def resolve_source(cfg: DataConfig, split: str) -> ShardSource:
     the pattern's first shard.
     """
     if not is_url_pattern(cfg.shards):
-        manifest = load_manifest(cfg.manifest or cfg.shards)
+        setting, location = ("data.manifest", cfg.manifest) if cfg.manifest else ("data.shards", cfg.shards)
+        if not manifest_path(location).parent.is_dir():
+            raise DataError(f"{setting}={location}: no such directory; point {setting} at a packed dataset (shardgan pack FRAMES SHARDS makes one)")
+        manifest = load_manifest(location)
         manifest.split(split)
         check_shards_present(manifest, split)
         return ShardSource(manifest, split, None)
@@ -85,6 +88,14 @@ def resolve_source(cfg: DataConfig, split: str) -> ShardSource:
     manifest = replace(manifest, root=Path(urls[0]).parent)
     check_shards_present(manifest, split)
     return ShardSource(manifest, split, None)
+
+
+def split_location(cfg: DataConfig, split: str) -> str:
+    """Where `split`'s shards are looked for, as messages name them: beside the manifest, or
+    beside the first shard of a data.shards pattern (never the pattern, which selects train shards)."""
+    if not is_url_pattern(cfg.shards):
+        return str(manifest_path(cfg.manifest or cfg.shards).parent / f"{split}-*.tar")
+    return sibling(wds.shardlists.expand_urls(cfg.shards)[0], f"{split}-*.tar")
 
 
 def _load_manifest(location: str, cfg: DataConfig) -> Manifest:

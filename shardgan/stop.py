@@ -22,6 +22,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 EXIT_STOPPED = 75
 """Exit code of a run stopped by a signal after writing its checkpoint: EX_TEMPFAIL of
 sysexits.h ("temporary failure, try again"), so `&&` chains stop and job scripts can requeue."""
+EXIT_INTERRUPTED = 130
+"""Exit code of a second Ctrl-C, which interrupts at once (128 + SIGINT, as a shell reports it)."""
+RESUME_COMMAND_ENV = "SHARDGAN_RESUME_COMMAND"
+"""Set by a wrapper (the Makefile: `make train ...`) whose command is what resumes, not the trainer's own."""
 
 
 REPEAT_WINDOW_S = 2.0
@@ -60,7 +64,10 @@ class StopFlag:
 
 def launch_command() -> str:
     """The command line that started this run, to print as the way to resume it: torchrun's own
-    when this is one of its workers, else this process's (`shardgan train ...`, `python -m ...`)."""
+    when this is one of its workers, else this process's (`shardgan train ...`, `python -m ...`);
+    RESUME_COMMAND_ENV when a wrapper set it."""
+    if os.environ.get(RESUME_COMMAND_ENV):
+        return os.environ[RESUME_COMMAND_ENV].strip()
     pid = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else os.getpid()
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]

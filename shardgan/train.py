@@ -29,6 +29,7 @@ from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
+from .progress import ProgressLines
 from .quality import diversity
 from .rundir import RunDir, logging_setup, read_metrics
 from .stop import EXIT_STOPPED, StopFlag, launch_command
@@ -155,7 +156,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                         log.info(line)
                 if stopped:
                     by = stop.name or "a signal to another rank"
-                    log.info("stopped by %s at step %d with a checkpoint; resume with: %s", by, t.step, launch_command())
+                    log.info("stopped by %s at step %d with a checkpoint; run `%s` again to resume", by, t.step, launch_command())
             return rd, stopped
         finally:
             dist.shutdown()
@@ -168,8 +169,10 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
         log.info("already at step %d of %d: nothing to train (raise train.epochs or train.max_steps to go on)", t.step, total)
         return False
     global_batch = t.cfg.data.batch_size * t.world.world_size
-    interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
+    interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, plain progress lines instead
     bar = tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not interactive, dynamic_ncols=True)
+    every_s = t.cfg.data.progress_every_s if t.world.is_main and not interactive else 0
+    lines = ProgressLines("train", total * global_batch, "img", every_s, log.info, initial=t.step * global_batch)
     hooks = Hooks(t, loader, rd, stop, bar)
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
@@ -182,6 +185,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
                 t.step += 1
                 hooks.meter.images += global_batch
                 bar.update(global_batch)
+                lines.update(global_batch)
                 stopped = hooks.after_step(stats, epoch)
                 if stopped or t.step == total:
                     break

@@ -189,3 +189,15 @@ def test_missing_checkpoint_is_not_found_not_incomplete(tmp_path: Path) -> None:
         ckpt.load_file(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="incomplete"):
         ckpt.load_file(orphan(tmp_path, 3))
+
+
+def test_a_garbage_file_is_not_called_an_incomplete_checkpoint(tmp_path: Path) -> None:
+    garbage = tmp_path / "notes.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"notes.pt: not a shardgan checkpoint \(not a torch.save file"):
+        ckpt.load_file(garbage)
+    write_steps(tmp_path / "run", [3])
+    (tmp_path / "run" / "step_00000003.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step_00000003.pt: incomplete \(missing step_00000003.json\)"):
+        ckpt.load_file(tmp_path / "run" / "step_00000003.pt")
+    assert garbage.read_bytes() == b"not a checkpoint at all"

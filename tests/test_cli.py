@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from shardgan import __version__
-from tests.conftest import PYTHON
+from shardgan.cli import main
+from shardgan.resume import CHANGE_POLICY, ELASTIC, REFUSED
+from tests.conftest import PYTHON, ROOT
 
 pytestmark = pytest.mark.multiproc  # every test here starts Python processes
 
@@ -58,3 +60,26 @@ def test_help_shows_flags_without_a_value_placeholder(command: str) -> None:
     assert done.returncode == 0
     flags = [line for line in done.stdout.splitlines() if "<bool>" in line and "--help" not in line]
     assert flags == []
+
+
+def test_allow_config_change_says_what_it_allows(capsys) -> None:
+    """The help and the config docstring name the changes resume.CHANGE_POLICY lets it through, and
+    say that an image size change is refused, as the policy does."""
+    assert CHANGE_POLICY["model.width"] == CHANGE_POLICY["model.height"] == REFUSED
+    main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())  # rich draws a box
+    documented = " ".join((Path(__file__).parents[1] / "shardgan" / "config.py").read_text().split())
+    for text in (help_text, documented):
+        assert "an image size change is always refused" in text
+        for key in (k for k, policy in CHANGE_POLICY.items() if policy == ELASTIC):
+            assert key.split(".")[1].replace("_", " ") in text or key in text, key
+
+
+def test_an_unwritable_run_directory_exits_1_in_one_line_naming_it(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    """What a read-only run directory gives (root ignores chmod, so here: run.root below a file)."""
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the runs folder should be")
+    code = main(["train", "--config", str(ROOT / "configs" / "tiny.toml"), f"data.shards={tiny_shards}", f"run.root={blocker}", "train.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: cannot write or read ") and str(blocker) in err and err.count("\n") == 1, err
+    assert blocker.read_text() == "a file where the runs folder should be"

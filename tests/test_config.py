@@ -71,7 +71,7 @@ OUT_OF_RANGE: dict[str, str | None] = {
     "data.shards": None, "data.manifest": None, "data.cache_dir": None, "data.cache_limit": "lots",
     "data.prefetch_shards": "-1", "data.fetch_attempts": "0", "data.fetch_backoff_s": "-1", "data.fetch_timeout_s": "0",
     "data.split": None, "data.batch_size": "0", "data.num_workers": "-1", "data.seed": "-1", "data.canonical_nodes": "-1", "data.on_corrupt": "ignore",
-    "data.pin_memory": None, "data.prefetch_factor": "0", "data.decode_device": "gpu", "data.translate_px": "-1", "data.color_jitter": "-0.1", "data.hflip": None,
+    "data.pin_memory": None, "data.prefetch_factor": "0", "data.progress_every_s": "-1", "data.decode_device": "gpu", "data.translate_px": "-1", "data.color_jitter": "-0.1", "data.hflip": None,
     "model.width": "7", "model.height": "4", "model.channels": "2", "model.nz": "0", "model.ngf": "0", "model.ndf": "0",
     "model.loss": "wgan", "model.spectral_norm": None, "model.d_batchnorm": None, "model.minibatch_std": "1",
     "optim.lr_g": "0", "optim.lr_d": "-1", "optim.beta1": "1.0", "optim.beta2": "-0.5",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from shardgan import cli
 from shardgan.errors import DataError
 from shardgan.manifest import MANIFEST_NAME, check_shards_present, load_manifest
 
@@ -98,3 +101,19 @@ def test_offsets_that_do_not_add_up_are_refused(tmp_path):
     (tmp_path / "ds" / MANIFEST_NAME).write_text(json.dumps(doc))
     with pytest.raises(DataError, match="malformed manifest .*10 offsets for shards that need 11"):
         load_manifest(tmp_path / "ds")
+
+
+def test_a_frames_folder_given_as_a_dataset_gets_a_pack_command_that_works_as_printed(frames_dir: Path, capsys) -> None:
+    with pytest.raises(DataError) as refused:
+        load_manifest(frames_dir)
+    command = str(refused.value).split("to pack the frames in it: ")[1].split(", then")[0]
+    words = shlex.split(command)
+    assert words[:3] == ["shardgan", "pack", str(frames_dir)] and words[3] != str(frames_dir)
+    assert cli.main(words[1:]) == 0, capsys.readouterr().err
+    assert load_manifest(words[3]).splits["train"].num_samples > 0
+
+
+def test_shards_without_a_manifest_are_an_unfinished_pack(tmp_path: Path) -> None:
+    (tmp_path / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(DataError, match="unfinished pack"):
+        load_manifest(tmp_path)

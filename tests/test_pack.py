@@ -295,3 +295,52 @@ def test_summary_says_what_the_pack_did(tmp_path: Path) -> None:
     assert packed.outcome is Outcome.PACKED and packed.packed == {"train": 20, "val": 0} and lines[-3].startswith("packed 20 train from 20 inputs")
     again = pack_dataset(tmp_path / "src", tmp_path / "dst", SMALL, log=lines.append)
     assert again.outcome is Outcome.ALREADY_PACKED and lines[-1] == f"{tmp_path / 'dst'} is already packed with these inputs and options; nothing to do"
+
+
+# -- issue 26: hints that are right, and nothing left behind --------------------------------
+
+
+def _pack_cli(src: Path, dst: Path, *flags: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    code = cli.main(["pack", str(src), str(dst), *flags])
+    return code, capsys.readouterr().err
+
+
+def test_a_size_larger_than_the_frames_allow_names_the_size_and_leaves_no_work_folder(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    dst = tmp_path / "out"
+    code, err = _pack_cli(frames_dir, dst, "--size", "1000x1000", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--size 1000x1000 would upscale them more than 2x: pick a smaller --size" in err
+    assert not dst.exists(), "a pack that kept nothing leaves no DST/.work behind"
+    code, err = _pack_cli(frames_dir, dst, "--size", "100000x100000", capsys=capsys)
+    assert code == 2 and "each side must be 8..4096" in err and not dst.exists(), err
+
+
+def test_a_size_too_small_to_train_on_is_refused_before_packing(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    code, err = _pack_cli(frames_dir, tmp_path / "out", "--size", "1x1", capsys=capsys)
+    assert code == 2 and "--size 1x1: each side must be 8..4096" in err and not (tmp_path / "out").exists(), err
+    assert _pack_cli(frames_dir, tmp_path / "out", "--size", "8x8", capsys=capsys)[0] == 0
+
+
+@pytest.mark.parametrize("text", ["1.0", "1.", "2.5", "1e0"])
+def test_val_written_with_a_point_is_a_fraction_in_0_1(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"fraction in \(0, 1\)"):
+        parse_val(text)
+    assert parse_val("1") == 1 and parse_val("0.5") == 0.5 and parse_val("1e-2") == 0.01
+
+
+def test_a_stretch_that_changes_the_aspect_ratio_is_pointed_out_with_a_size_that_keeps_it(frames_dir: Path, tmp_path: Path, capsys) -> None:
+    assert cli.main(["pack", str(frames_dir), str(tmp_path / "square"), "--size", "64x64"]) == 0  # 160x120 frames
+    out = capsys.readouterr().out
+    assert "note: --mode stretch changes the aspect ratio by -25% (160x120 frames to 64x64); --size 64x48 (or 64xauto) keeps it" in out, out
+    for flags in (["--size", "64x48"], ["--size", "62x48"], ["--size", "64x64", "--mode", "crop"]):  # 62x48: 3 % off
+        assert cli.main(["pack", str(frames_dir), str(tmp_path / "-".join(flags)), *flags]) == 0
+        assert "aspect ratio" not in capsys.readouterr().out, flags
+
+
+@pytest.mark.parametrize(("size", "stored"), [("88xauto", (88, 66)), ("autox48", (64, 48))])
+def test_an_auto_side_follows_the_frames_aspect_ratio(frames_dir: Path, tmp_path: Path, size: str, stored: tuple[int, int], capsys) -> None:
+    assert cli.main(["pack", str(frames_dir), str(tmp_path / "out"), "--size", size]) == 0
+    manifest = load_manifest(tmp_path / "out")
+    assert (manifest.width, manifest.height) == stored and "aspect ratio" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="one side auto"):
+        parse_size("autoxauto")

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from shardgan.config import load_config
+from shardgan.errors import ShardganError
+from shardgan.stop import EXIT_INTERRUPTED, EXIT_STOPPED
 from shardgan.synthetic import write_frames
 from tests.conftest import PYTHON, ROOT
 
@@ -26,7 +29,7 @@ def quick_start_commands() -> list[list[str]]:
 
 @pytest.mark.slow
 def test_quick_start_runs_as_written(tmp_path: Path) -> None:
-    write_frames(tmp_path / "my_frames", 120, width=96, height=72)
+    write_frames(tmp_path / "my_frames", 400, width=96, height=72)  # the val split takes 256
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     env = {**os.environ, "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
     commands = quick_start_commands()
@@ -40,3 +43,23 @@ def test_quick_start_runs_as_written(tmp_path: Path) -> None:
             assert "train/loss_d" in done.stdout
     assert len(list((tmp_path / "runs" / "mine" / "generated").glob("*_grid.png"))) == 1
     assert (tmp_path / "runs" / "mine" / "eval.jsonl").exists()
+
+
+def test_quick_start_packs_as_many_val_frames_as_its_config_evaluates() -> None:
+    """Fewer would warn at every evaluation and measure SWD on fewer images than the config says."""
+    pack, train = quick_start_commands()[:2]
+    config = load_config(ROOT / train[train.index("--config") + 1], [])
+    assert int(pack[pack.index("--val") + 1]) >= config.eval.num_images
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _subclasses(sub))]
+
+
+def test_the_exit_codes_section_lists_every_code_shardgan_gives() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- **Exit codes.**") :].split("\n\n")[0]
+    documented = {int(code) for code in re.findall(r"(?<![\w.])(\d+)(?: \(`EX_TEMPFAIL`\))?:", section)}
+    machine_refusal = 1  # cli.main's answer to an OSError: read-only run dir, full disk, permissions
+    given = {c.exit_code for c in _subclasses(ShardganError)} | {EXIT_STOPPED, EXIT_INTERRUPTED, machine_refusal, 0}
+    assert documented >= given, f"undocumented: {sorted(given - documented)}"

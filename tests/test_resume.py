@@ -45,10 +45,14 @@ def test_rollback_moves_newer_aside_and_the_same_command_does_not_repeat_it(
     run = tmp_path / "rollback"
     shutil.copytree(straight, run)
     target = run / "checkpoints" / "step_00000030.pt"
+    (run / "checkpoints" / "best").mkdir()
+    for ext in ("pt", "json"):  # the best checkpoint has the same name as its step's
+        shutil.copy(run / "checkpoints" / f"step_00000040.{ext}", run / "checkpoints" / "best")
     assert train_inprocess(tiny_shards, run, f"checkpoint.resume={target}") == 0
-    assert "moved the newer step_00000040.pt, step_00000035.pt aside into" in capsys.readouterr().err
+    assert "moved the newer step_00000040.pt, step_00000035.pt, best/step_00000040.pt aside into" in capsys.readouterr().err
     (aside,) = (run / "checkpoints").glob("abandoned-*")
-    assert sorted(p.name for p in aside.iterdir()) == ["metrics.jsonl", *(f"step_000000{s}.{e}" for s in (35, 40) for e in ("json", "pt"))]
+    assert sorted(p.name for p in aside.iterdir()) == ["best", "metrics.jsonl", *(f"step_000000{s}.{e}" for s in (35, 40) for e in ("json", "pt"))]
+    assert sorted(p.name for p in (aside / "best").iterdir()) == ["step_00000040.json", "step_00000040.pt"]
     assert [r["step"] for r in read_metrics(aside / "metrics.jsonl")] == [35, 40]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(5, STEPS + 1, 5))  # one history, no repeats
     assert_same_final(straight, run)  # 30 -> 40 redone bit-exactly
@@ -70,7 +74,7 @@ def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, stra
     os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
-    assert f"resume with: {shlex.join(['python', *args])}\n" in stderr
+    assert f"run `{shlex.join(['python', *args])}` again to resume\n" in stderr
     done = subprocess.run([PYTHON, *args], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"resumed from \S+ at step \d+ \(", done.stderr)

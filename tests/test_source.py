@@ -7,7 +7,7 @@ import pytest
 from .conftest import build_dataset
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
-from shardgan.source import build_cache, is_url_pattern, resolve_source
+from shardgan.source import build_cache, is_url_pattern, resolve_source, split_location
 
 
 def test_a_directory_a_manifest_path_and_a_pattern_name_the_same_shards(tmp_path):
@@ -39,3 +39,17 @@ def test_what_cannot_be_a_source_is_refused_at_start_up(tmp_path):
     with pytest.raises(DataError, match="no split 'val'"):
         resolve_source(DataConfig(shards=str(tmp_path)), "val")
     assert is_url_pattern("s3://b/x-{0..3}.tar") and not is_url_pattern(str(tmp_path))
+
+
+def test_a_missing_dataset_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^data.shards=data/demo_shards: no such directory; point data.shards at a packed dataset"):
+        resolve_source(DataConfig(), "train")
+    with pytest.raises(DataError, match=r"^data.manifest=nowhere/manifest.json: no such directory"):
+        resolve_source(DataConfig(manifest="nowhere/manifest.json"), "train")
+
+
+def test_the_val_split_of_a_single_train_shard_is_named_beside_it(tmp_path):
+    build_dataset(tmp_path, [4], val_sizes=(2,))
+    for shards in (str(tmp_path / "train-000000.tar"), str(tmp_path), str(tmp_path / "train-{000000..000000}.tar")):
+        assert split_location(DataConfig(shards=shards), "val") == str(tmp_path / "val-*.tar")

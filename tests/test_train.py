@@ -69,7 +69,7 @@ def test_sigterm_checkpoints_exits_75_and_resume_is_exact(tiny_shards: Path, str
     assert proc.returncode == EXIT_STOPPED, stderr
     stopped_at = newest_step(run)
     assert 5 < stopped_at < STEPS, "the signal should stop the run mid-way with a checkpoint"
-    assert f"stopped by SIGTERM at step {stopped_at} with a checkpoint; resume with: python -m shardgan.train" in stderr
+    assert f"stopped by SIGTERM at step {stopped_at} with a checkpoint; run `python -m shardgan.train " in stderr
     assert "\r" not in stderr and "img/s" in stderr  # not a terminal: plain log lines, no progress-bar redraws
     assert train_inprocess(tiny_shards, run) == 0
     assert_same_final(straight, run)

@@ -60,7 +60,7 @@ def preempt_and_resume(shards: Path, reference: Path, run: Path, sig: str, deliv
     assert "DataLoader worker" not in log and "[rank0]: Traceback" not in log and "[rank1]: Traceback" not in log, log[-3000:]
     stopped_at = newest_step(run)
     assert 0 < stopped_at < STEPS, "the stop should leave a checkpoint mid-run"
-    assert f"at step {stopped_at} with a checkpoint; resume with: " in (run / "train.log").read_text()
+    assert f"at step {stopped_at} with a checkpoint; run `" in (run / "train.log").read_text()
     done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)  # the identical command line
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"at step {stopped_at} (" in (run / "train.log").read_text()

@@ -45,7 +45,7 @@ def test_time_limit_signal_to_the_batch_shell_checkpoints_requeues_and_resumes(t
     assert "time limit near (SIGUSR1)" in stderr, stderr[-3000:]
     assert requeues.read_text() == "requeue 4242\n"
     assert 5 < newest_step(run) < STEPS
-    assert "with a checkpoint; resume with: " in (run / "train.log").read_text()
+    assert "with a checkpoint; run `" in (run / "train.log").read_text()
     requeued = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert requeues.read_text() == "requeue 4242\n"  # a run that finished is not requeued
