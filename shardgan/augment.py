@@ -66,9 +66,10 @@ def translate(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma."""
-    weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype)
-    return (x * weights[None, :, None, None]).sum(1, keepdim=True)
+    """(B, 3, H, W) -> (B, 1, H, W) luma. Weights as Python scalars: a weight tensor built on the
+    device would be a host-to-device copy, and a wait for the GPU, at every step."""
+    r, g, b = GRAY_WEIGHTS
+    return x[:, 0:1] * r + x[:, 1:2] * g + x[:, 2:3] * b
 
 
 def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -207,7 +208,8 @@ class AdaptiveProbability:
     Sums of signs are integers, so every rank computes the same p bit for bit. The state (p and
     the interval's running sum and count) goes into the checkpoint."""
 
-    p: float
+    p: torch.Tensor | float
+    """A device tensor once updated, so no step reads it on the host."""
     target: float
     interval_steps: int
     ramp_images: int
@@ -219,15 +221,16 @@ class AdaptiveProbability:
         self.sign_sum = self.sign_sum + real_logits.detach().float().sign().sum()
         self.count += real_logits.numel()
 
-    def update(self, sign_sum: float, count: int) -> None:
-        """Fold in one interval's sum and count over all ranks; adjust p and start a new interval."""
-        r_t = sign_sum / max(count, 1)
+    def update(self, sign_sum: torch.Tensor | float, count: int) -> None:
+        """Fold in one interval's sum (on any device, not read) and count over all ranks; adjust p
+        (in float64 on that device, the same bits as in Python) and start a new interval."""
+        sign_sum = torch.as_tensor(sign_sum, dtype=torch.float64)
         change = count / self.ramp_images
-        self.p = min(1.0, max(0.0, self.p + (change if r_t > self.target else -change)))
+        self.p = (torch.where(sign_sum / max(count, 1) > self.target, change, -change) + self.p).clamp(0.0, 1.0)
         self.sign_sum, self.count = 0.0, 0
 
     def state_dict(self) -> dict[str, float | int]:
-        return {"p": self.p, "sign_sum": float(self.sign_sum), "count": self.count}
+        return {"p": float(self.p), "sign_sum": float(self.sign_sum), "count": self.count}
 
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         self.p, self.sign_sum, self.count = float(state["p"]), float(state["sign_sum"]), int(state["count"])

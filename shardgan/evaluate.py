@@ -29,7 +29,8 @@ def load_real_images(data: DataConfig, num_images: int) -> torch.Tensor:
 
 @dataclass
 class Evaluator:
-    """The real side, computed once per run: SWD descriptors and, with weights, Inception features."""
+    """The real side, computed once per run: SWD descriptors and, with weights, Inception features,
+    on the training device (where G runs)."""
 
     swd: SlicedWasserstein
     num_images: int
@@ -46,7 +47,7 @@ class Evaluator:
                 cfg.data.shards, len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
-        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
+        return cls(swd=SlicedWasserstein.with_mode(real, cfg.eval.swd_mode, device=device), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
 
     def __call__(self, generator: nn.Module) -> dict[str, Any]:
         fake = generate_images(generator, self.num_images, self.nz, self.device)

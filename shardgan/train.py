@@ -28,7 +28,7 @@ from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
 from .losses import LOSSES
 from .models import count_params
-from .rundir import RunDir, logging_setup, read_metrics
+from .rundir import RunDir, logging_setup
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
 from .viz import save_grid, save_loss_curve
@@ -80,7 +80,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         "diversity": _diversity(fake.detach(), real),
     }
     if t.diff_augment is not None and t.diff_augment.ada is not None:
-        stats["augment_p"] = torch.tensor(t.diff_augment.p)
+        stats["augment_p"] = torch.as_tensor(t.diff_augment.p)  # on the device once updated
         _adapt(t, real_logits)
     return stats
 
@@ -101,12 +101,12 @@ def _diversity(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
-    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p."""
+    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p, on the
+    device (every rank's batch has the same size, so the count over ranks is count x world size)."""
     ada = t.diff_augment.ada
     ada.observe(real_logits)
     if (t.step + 1) % ada.interval_steps == 0:
-        total_sum, total_count = dist.all_reduce_sum([ada.sign_sum, float(ada.count)], t.device)
-        ada.update(total_sum, int(total_count))
+        ada.update(dist.sum_over_ranks(torch.as_tensor(ada.sign_sum, dtype=torch.float64)), ada.count * t.world.world_size)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
     Returns the run directory and whether a signal stopped it before the end."""
     stop = StopFlag()
     with stop.installed():  # before joining the group: a signal from now on stops the run cleanly
-        world = dist.init(cfg.train.device)
+        world = dist.init(cfg.train.device, cfg.train.collective_timeout_s)
         try:
             with logging_setup(world.is_main) as log_to_file:
                 t = build_trainer(cfg, world)
@@ -172,7 +172,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
             else:
                 hooks.end_of_epoch(epoch)
     if t.world.is_main:
-        save_loss_curve(read_metrics(rd.metrics), rd.loss_curve)
+        save_loss_curve(hooks.records, rd.loss_curve)
     return stopped and t.step < total
 
 

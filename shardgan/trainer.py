@@ -37,25 +37,6 @@ def derived_generator(seed: int, rank: int, step: int, stream: int, *, device: t
 
 
 @dataclass
-class FiniteCheck:
-    """Were all losses finite? Read without stalling the GPU: on CUDA the flag of step s is read
-    once step s+1 is queued (one step late); `now()` waits for the newest (before a checkpoint)."""
-
-    lagged: bool
-    pending: tuple[int, torch.Tensor] | None = None
-
-    def push(self, step: int, stats: dict[str, torch.Tensor]) -> int | None:
-        """Record this step's flag; the step of a non-finite loss, if one is known now."""
-        flag = ~(torch.isfinite(stats["loss_d"]) & torch.isfinite(stats["loss_g"]))
-        ready, self.pending = (self.pending, (step, flag)) if self.lagged else ((step, flag), None)
-        return ready[0] if ready is not None and bool(ready[1]) else None
-
-    def now(self) -> int | None:
-        ready, self.pending = self.pending, None
-        return ready[0] if ready is not None and bool(ready[1]) else None
-
-
-@dataclass
 class Trainer:
     """What is trained and how it is run: raw modules (state dicts), and their run-time wrappers."""
 
@@ -76,7 +57,6 @@ class Trainer:
     """D for the D step (DDP-wrapped: its gradients are all-reduced)."""
     d_frozen: nn.Module = field(init=False)
     """D for the G step without DDP: only G's gradients are needed there."""
-    finite: FiniteCheck = field(init=False)
     step: int = 0
 
     @property
@@ -111,7 +91,6 @@ class Trainer:
             # the same state and a checkpoint of rank 0 is the state of all.
             g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
         self.g_run, self.d_run = g, d
-        self.finite = FiniteCheck(lagged=self.device.type == "cuda")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
 

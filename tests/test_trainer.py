@@ -1,5 +1,5 @@
 """What is trained: models, optimizers and noise built from the seed alone, derived generators that
-never share a state, the finite check's timing, and the size check between shards and model."""
+never share a state, and the size check between shards and model."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from shardgan.config import Config
-from shardgan.distributed import DistInfo
+from shardgan.distributed import DistInfo, LateAgreement
 from shardgan.errors import ConfigError
 from shardgan.trainer import (
     AUGMENT,
     DIFF_AUGMENT,
     NOISE,
     NUM_FIXED_NOISE,
-    FiniteCheck,
     build_trainer,
     derived_generator,
     open_loader,
@@ -59,21 +58,12 @@ def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
         assert not torch.equal(z, fixed[:8]), f"fixed noise equals rank {rank}'s training noise at step 0"
 
 
-def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:
-    ok = {"loss_d": torch.tensor(1.0), "loss_g": torch.tensor(0.5)}
-    bad = {"loss_d": torch.tensor(float("nan")), "loss_g": torch.tensor(0.5)}
-    lagged = FiniteCheck(lagged=True)
-    assert lagged.push(1, ok) is None and lagged.push(2, bad) is None and lagged.push(3, ok) == 2
-    assert lagged.push(4, bad) is None and lagged.now() == 4 and lagged.now() is None
-    assert FiniteCheck(lagged=False).push(7, bad) == 7
-
-
 def test_precision_and_wrapping_on_the_cpu() -> None:
     cfg = tiny_config()
     t = build_trainer(cfg, ALONE)
     t.wrap()
     assert t.g_run is t.g and t.d_run is t.d_frozen is t.d  # one process: no DDP
-    assert not t.finite.lagged and t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
+    assert t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
     with t.autocast():
         assert not torch.is_autocast_enabled("cpu")  # auto on the CPU: fp32
     cfg.train.precision = "bf16"
@@ -96,15 +86,17 @@ def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_a_cuda_trainer_steps_in_bf16_channels_last_and_reads_its_finite_flag_late() -> None:
+def test_a_cuda_trainer_steps_in_bf16_channels_last_and_its_flags_are_read_one_step_late() -> None:
     from shardgan.train import train_step
 
     cfg = tiny_config()
     world = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
     t = build_trainer(cfg, world)
     t.wrap()
-    assert t.finite.lagged and t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
+    assert t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
     images = torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8)
     stats = train_step(t, images)
     assert all(torch.isfinite(v).all() for v in stats.values()) and stats["loss_d"].is_cuda
-    assert t.finite.push(0, stats) is None and t.finite.now() is None  # finite, read one step late
+    agreement = LateAgreement(world.device)
+    bad = ~torch.isfinite(stats["loss_d"])
+    assert agreement.push(0, bad, [False]) is None and agreement.now() == (0, [False, False])  # finite, read one step late
