@@ -167,15 +167,20 @@ def apply_params(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
 
 
 def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """Translate each image by (dy, dx) pixels; uncovered pixels are 0 (DiffAugment's zero pad)."""
-    b, c, h, w = x.shape
+    """Translate each image by (dy, dx) pixels; uncovered pixels are 0 (DiffAugment's zero pad).
+
+    As two batched products with 0/1 matrices (rows, then columns), in fp32 whatever the
+    autocast: each output sums one input pixel and zeros, so it is exact, and so is the backward
+    pass, a product too. A gather's backward would scatter-add with atomics (not deterministic on
+    CUDA, and refused by torch.use_deterministic_algorithms for 4-D tensors)."""
+    _, _, h, w = x.shape
     dy, dx = dy * on, dx * on
-    rows = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # (B, H) source row
-    cols = torch.arange(w, device=x.device)[None, :] - dx[:, None]  # (B, W) source column
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, H, W)
-    index = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    moved = x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
-    return moved * inside[:, None].to(x.dtype)
+    rows = torch.arange(h, device=x.device)  # (H,)
+    cols = torch.arange(w, device=x.device)  # (W,)
+    pick_rows = ((rows[None, :] - dy[:, None])[:, :, None] == rows[None, None, :]).float()  # (B, H out, H in)
+    pick_cols = ((cols[None, :] - dx[:, None])[:, None, :] == cols[None, :, None]).float()  # (B, W in, W out)
+    with torch.autocast(x.device.type, enabled=False):
+        return pick_rows[:, None] @ x.float() @ pick_cols[:, None]  # (B, C, H, W)
 
 
 def _cutout(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, on: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -4,6 +4,7 @@ generators every random draw of a step comes from (so no draw depends on history
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,8 +92,6 @@ class Trainer:
             # the same state and a checkpoint of rank 0 is the state of all.
             g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
         self.g_run, self.d_run = g, d
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
 
 
 def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
@@ -100,7 +99,23 @@ def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
     return torch.channels_last if cfg.train.channels_last and device.type == "cuda" else torch.contiguous_format
 
 
+def choose_kernels(deterministic: bool, device: torch.device) -> None:
+    """On CUDA, the fastest kernels (cudnn picks per shape once, TF32 convolutions) or, with
+    train.deterministic, only deterministic ones in full fp32, so the same inputs give the same
+    bits run after run. Before any CUDA work: cuBLAS reads its workspace setting at start-up."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
+    choose_kernels(cfg.train.deterministic, world.device)
     g, d = build_models(cfg.model, cfg.train.seed)
     fmt = memory_format(cfg, world.device)
     g, d = g.to(world.device, memory_format=fmt), d.to(world.device, memory_format=fmt)

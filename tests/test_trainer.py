@@ -3,6 +3,7 @@ never share a state, and the size check between shards and model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from shardgan.trainer import (
     NOISE,
     NUM_FIXED_NOISE,
     build_trainer,
+    choose_kernels,
     derived_generator,
     open_loader,
     total_steps,
@@ -69,6 +71,26 @@ def test_precision_and_wrapping_on_the_cpu() -> None:
     cfg.train.precision = "bf16"
     with t.autocast():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def test_deterministic_mode_chooses_deterministic_fp32_kernels_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    backends = torch.backends
+    for name in ("benchmark", "deterministic", "allow_tf32"):
+        monkeypatch.setattr(backends.cudnn, name, getattr(backends.cudnn, name))  # restored after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    mode: list[bool] = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", mode.append)
+    matmul_tf32 = backends.cuda.matmul.allow_tf32  # a setting monkeypatch cannot restore
+    try:
+        choose_kernels(True, torch.device("cuda", 0))
+        assert (backends.cudnn.deterministic, backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, False, False, False)
+        assert mode == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        choose_kernels(False, torch.device("cuda", 0))
+        assert (backends.cudnn.deterministic, backends.cudnn.benchmark, backends.cudnn.allow_tf32) == (False, True, True) and mode == [True, False]
+        choose_kernels(True, torch.device("cpu"))  # the CPU is deterministic as it is: nothing changes
+        assert mode == [True, False]
+    finally:
+        backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
