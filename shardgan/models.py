@@ -210,8 +210,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema_param, param in zip(self.model.parameters(), model.parameters()):
-            ema_param.lerp_(param, 1.0 - self.decay)
+        """One lerp for all parameters (a few kernels on CUDA, not one per parameter)."""
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - self.decay)
         self.fresh = False
 
     def load_state_dict(self, state: dict) -> None:

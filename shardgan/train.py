@@ -57,14 +57,15 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fake = t.g_run(z)  # (B, C, H, W)
         fake_seen = through_d(fake)  # what D judges, in both steps
         real_logits, fake_logits = t.d_run(through_d(real)), t.d_run(fake_seen.detach())  # (B,), (B,)
-        loss_d = d_loss(real_logits, fake_logits)
+    loss_d = d_loss(real_logits.float(), fake_logits.float())  # losses in fp32 under any autocast
     t.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     t.opt_d.step()
 
     t.d.requires_grad_(False)
     with t.autocast():
-        loss_g = g_loss(t.d_frozen(fake_seen))
+        fake_logits_g = t.d_frozen(fake_seen)  # (B,)
+    loss_g = g_loss(fake_logits_g.float())
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
@@ -155,13 +156,15 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
     interactive = t.world.is_main and sys.stderr.isatty()  # in a job log, the loss lines show progress instead
     bar = tqdm(total=total * global_batch, initial=t.step * global_batch, unit="img", unit_scale=True, disable=not interactive, dynamic_ncols=True)
     hooks = Hooks(t, loader, rd, stop, bar)
+    grid_of_first_batch = t.world.is_main and not rd.train_batch.exists()  # checked once, not per step
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
         while t.step < total and not stopped:
             epoch = loader.epoch
             for batch in loader:
-                if t.world.is_main and not rd.train_batch.exists():
+                if grid_of_first_batch:
                     save_grid(batch["image"][:64], rd.train_batch)
+                    grid_of_first_batch = False
                 stats = train_step(t, batch["image"])
                 t.step += 1
                 hooks.meter.images += global_batch

@@ -81,17 +81,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def wrap(self) -> None:
-        """Compile and DDP-wrap after restoring, so every rank starts from the same loaded state."""
+        """DDP-wrap, then compile, after restoring, so every rank starts from the same loaded state.
+        Compiling the DDP module (torch's documented order) lets dynamo split the graph at DDP's
+        buckets, so the gradient all-reduce overlaps the compiled backward pass."""
         g, d = self.g, self.d
-        if self.cfg.train.compile:
-            g, d = torch.compile(g), torch.compile(d)
-        self.d_frozen = d
+        d_frozen = d
         if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
             # the same state and a checkpoint of rank 0 is the state of all.
             g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
-        self.g_run, self.d_run = g, d
+        if self.cfg.train.compile:
+            g, d, d_frozen = torch.compile(g), torch.compile(d), torch.compile(d_frozen)
+        self.g_run, self.d_run, self.d_frozen = g, d, d_frozen
 
 
 def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:

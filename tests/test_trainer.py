@@ -93,6 +93,33 @@ def test_deterministic_mode_chooses_deterministic_fp32_kernels_on_cuda(monkeypat
         backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
+def test_compile_wraps_the_ddp_modules_so_the_all_reduce_overlaps_the_backward(tmp_path: Path) -> None:
+    import torch.distributed as torch_dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        cfg = tiny_config()
+        cfg.train.compile = True
+        t = build_trainer(cfg, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))  # wrap takes the DDP path
+        t.wrap()
+        assert isinstance(t.g_run._orig_mod, DDP) and isinstance(t.d_run._orig_mod, DDP)
+        assert t.g_run._orig_mod.module is t.g and t.d_frozen._orig_mod is t.d  # the G step's D: compiled, no DDP
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_losses_are_fp32_under_bf16_autocast() -> None:
+    from shardgan.train import train_step
+
+    cfg = tiny_config()
+    cfg.model.loss, cfg.train.precision = "hinge", "bf16"
+    t = build_trainer(cfg, ALONE)
+    t.wrap()
+    stats = train_step(t, torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8))
+    assert stats["loss_d"].dtype == stats["loss_g"].dtype == torch.float32
+
+
 def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
     build_dataset(tmp_path / "shards", [10, 6], width=24, height=16)
     cfg = tiny_config()
