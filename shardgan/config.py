@@ -165,6 +165,9 @@ class TrainConfig:
     """On CUDA: deterministic kernels (cudnn deterministic, no benchmark, no TF32,
     torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG), so a resumed run can be
     bit-exact there too, at some speed. The CPU is deterministic either way."""
+    backend: str = "auto"
+    """Process group backend under torchrun: auto (nccl on CUDA, gloo on CPU), or gloo (also with
+    CUDA tensors: several ranks may then share one GPU, as the GPU check does)."""
     collective_timeout_s: float = 600.0
     """How long any collective may wait for the other ranks before the job fails (nccl's and
     gloo's timeout). Work only rank 0 does (evaluation) never counts against it: the others wait
@@ -184,6 +187,7 @@ class TrainConfig:
         _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
         _check(self.collapse_logs >= 0, "train.collapse_logs must be >= 0")
         _check(self.collective_timeout_s >= 1, "train.collective_timeout_s must be >= 1")
+        _check(self.backend in ("auto", "gloo"), "train.backend must be auto or gloo")
 
 
 AUGMENT_OPS = ("translation", "cutout", "color")

@@ -64,18 +64,18 @@ def resolve_device(name: str, local_rank: int, world_size: int = 1, visible: int
     return torch.device("cuda", local_rank)
 
 
-def init(device_name: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+def init(device_name: str = "auto", timeout_s: float = 600.0, backend_name: str = "auto") -> DistInfo:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK); none without torchrun.
     `timeout_s` bounds every collective (nccl and gloo alike), and a gloo group on the CPU beside
     an nccl one carries `run_on_main`'s heartbeats without touching the GPU."""
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank, world_size)
+    device = resolve_device(device_name, local_rank, 1 if backend_name == "gloo" else world_size)  # gloo: ranks may share a GPU
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not torch_dist.is_initialized():  # under torchrun, even alone: checks nccl/gloo
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = "nccl" if device.type == "cuda" and backend_name == "auto" else "gloo"
         # torchrun keeps one store across --max-restarts; without a per-attempt prefix the new
         # workers read the dead workers' addresses and fail to connect (pytorch issue #167288).
         store, _, _ = next(torch_dist.rendezvous("env://"))

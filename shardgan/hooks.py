@@ -160,6 +160,7 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
         if t.world.is_main:
             log.warning("no val split in %s: SWD evaluation is skipped (pack with --val to get one)", t.cfg.data.shards)
         return None
+
     def build() -> tuple[Evaluator | None, str]:
         try:
             return Evaluator.build(t.cfg, t.device), ""

@@ -118,7 +118,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
     Returns the run directory and whether a signal stopped it before the end."""
     stop = StopFlag()
     with stop.installed():  # before joining the group: a signal from now on stops the run cleanly
-        world = dist.init(cfg.train.device, cfg.train.collective_timeout_s)
+        world = dist.init(cfg.train.device, cfg.train.collective_timeout_s, cfg.train.backend)
         try:
             with logging_setup(world.is_main) as log_to_file:
                 t = build_trainer(cfg, world)

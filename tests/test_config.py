@@ -78,7 +78,7 @@ OUT_OF_RANGE: dict[str, str | None] = {
     "train.epochs": "0", "train.max_steps": "-1", "train.seed": str(2**63), "train.device": "gpu", "train.precision": "fp16",
     "train.channels_last": None, "train.compile": None, "train.ema_decay": "1.0", "train.log_every_steps": "0",
     "train.sample_every_steps": "-1", "train.collapse_logs": "-1", "train.sample_at_epoch_end": None, "train.deterministic": None,
-    "train.collective_timeout_s": "0.5",
+    "train.collective_timeout_s": "0.5", "train.backend": "mpi",
     "augment.policy": "zoom", "augment.probability": "1.5", "augment.translation_ratio": "0", "augment.cutout_ratio": "1",
     "augment.ada_target": "1", "augment.ada_interval_steps": "0", "augment.ada_ramp_images": "0",
     "checkpoint.every_steps": "-1", "checkpoint.every_minutes": "-1", "checkpoint.at_epoch_end": None, "checkpoint.keep_last": "0",

@@ -61,6 +61,13 @@ def test_a_steps_flags_are_read_at_the_next_step_or_on_demand() -> None:
     assert agreement.push(4, ok, [False, False]) is None
 
 
+def late_flags(rank: int) -> tuple[int, list[bool]] | None:
+    """Rank 1's device flag and rank 0's host flag, agreed and read a step late."""
+    agreement = dist.LateAgreement(CPU)
+    agreement.push(0, torch.tensor(rank == 1), [rank == 0, False])
+    return agreement.now()
+
+
 def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     world = dist.init("cpu")
@@ -74,6 +81,7 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
             dist.sum_over_ranks(torch.tensor([float(rank), 1.0], dtype=torch.float64)).tolist(),
             dist.gather_to_main(f"rank {rank}"),
             dist.broadcast_from_main(f"from {rank}"),
+            late_flags(rank),
         ))  # fmt: skip
     finally:
         dist.shutdown()
@@ -91,11 +99,12 @@ def test_two_gloo_ranks_agree() -> None:
     for process in ranks:
         process.join(60)
         assert process.exitcode == 0
-    for rank, world_size, backend, any_, all_, sums, gathered, broadcast in got:
+    for rank, world_size, backend, any_, all_, sums, gathered, broadcast, late in got:
         assert (world_size, backend) == (2, "gloo"), rank
         assert any_ == [True, False] and all_ is False  # rank 1's True reaches rank 0; rank 1's False fails "all"
         assert sums == [1.0, 2.0]
         assert gathered == ["rank 0", "rank 1"] and broadcast == "from 0"
+        assert late == (0, [True, True, False])
 
 
 SLOW_S, TIMEOUT_S = 4.0, 1.0
