@@ -119,7 +119,13 @@ class Discriminator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).flatten()
+        """The last convolution (to one logit) in fp32 under any autocast: a bf16 logit of 10
+        would be rounded to a multiple of 0.06 before the loss sees it."""
+        *body, last = self.main
+        for layer in body:
+            x = layer(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return last(x.float()).flatten()
 
 
 def init_weights(module: nn.Module, generator: torch.Generator) -> None:

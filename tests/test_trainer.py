@@ -118,6 +118,8 @@ def test_losses_are_fp32_under_bf16_autocast() -> None:
     t.wrap()
     stats = train_step(t, torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8))
     assert stats["loss_d"].dtype == stats["loss_g"].dtype == torch.float32
+    with t.autocast():
+        assert t.d(torch.zeros(2, 3, 16, 24)).dtype == torch.float32  # D's logits too
 
 
 def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:

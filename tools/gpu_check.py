@@ -138,7 +138,8 @@ def part_speed(work: Path, s: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for preset in s["presets"]:
         for batch in s["batches"]:
-            variants = [(c, True) for c in s["compile"]] + ([(False, False)] if batch == s["batches"][0] else [])
+            first = batch == s["batches"][0]  # compile and NCHW at the first batch size only: compiling costs most of a minute
+            variants = [(c, True) for c in s["compile"] if first or not c] + ([(False, False)] if first else [])
             for compiled, channels_last in variants:
                 name = f"{preset}_b{batch}_{'compile' if compiled else 'eager'}_{'cl' if channels_last else 'nchw'}"
                 cfg = load_config(ROOT / "configs" / f"{preset}.toml", [*quiet_overrides(shards_for(work, preset, batch), work, name, s["device"]),
