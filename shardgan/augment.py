@@ -66,9 +66,10 @@ def translate(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) luma."""
-    weights = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype)
-    return (x * weights[None, :, None, None]).sum(1, keepdim=True)
+    """(B, 3, H, W) -> (B, 1, H, W) luma. Weights as Python scalars: a weight tensor built on the
+    device would be a host-to-device copy, and a wait for the GPU, at every step."""
+    r, g, b = GRAY_WEIGHTS
+    return x[:, 0:1] * r + x[:, 1:2] * g + x[:, 2:3] * b
 
 
 def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
@@ -166,15 +167,20 @@ def apply_params(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
 
 
 def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """Translate each image by (dy, dx) pixels; uncovered pixels are 0 (DiffAugment's zero pad)."""
-    b, c, h, w = x.shape
+    """Translate each image by (dy, dx) pixels; uncovered pixels are 0 (DiffAugment's zero pad).
+
+    As two batched products with 0/1 matrices (rows, then columns), in fp32 whatever the
+    autocast: each output sums one input pixel and zeros, so it is exact, and so is the backward
+    pass, a product too. A gather's backward would scatter-add with atomics (not deterministic on
+    CUDA, and refused by torch.use_deterministic_algorithms for 4-D tensors)."""
+    _, _, h, w = x.shape
     dy, dx = dy * on, dx * on
-    rows = torch.arange(h, device=x.device)[None, :] - dy[:, None]  # (B, H) source row
-    cols = torch.arange(w, device=x.device)[None, :] - dx[:, None]  # (B, W) source column
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, H, W)
-    index = (rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-    moved = x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
-    return moved * inside[:, None].to(x.dtype)
+    rows = torch.arange(h, device=x.device)  # (H,)
+    cols = torch.arange(w, device=x.device)  # (W,)
+    pick_rows = ((rows[None, :] - dy[:, None])[:, :, None] == rows[None, None, :]).float()  # (B, H out, H in)
+    pick_cols = ((cols[None, :] - dx[:, None])[:, None, :] == cols[None, :, None]).float()  # (B, W in, W out)
+    with torch.autocast(x.device.type, enabled=False):
+        return pick_rows[:, None] @ x.float() @ pick_cols[:, None]  # (B, C, H, W)
 
 
 def _cutout(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, on: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -207,7 +213,8 @@ class AdaptiveProbability:
     Sums of signs are integers, so every rank computes the same p bit for bit. The state (p and
     the interval's running sum and count) goes into the checkpoint."""
 
-    p: float
+    p: torch.Tensor | float
+    """A device tensor once updated, so no step reads it on the host."""
     target: float
     interval_steps: int
     ramp_images: int
@@ -219,15 +226,16 @@ class AdaptiveProbability:
         self.sign_sum = self.sign_sum + real_logits.detach().float().sign().sum()
         self.count += real_logits.numel()
 
-    def update(self, sign_sum: float, count: int) -> None:
-        """Fold in one interval's sum and count over all ranks; adjust p and start a new interval."""
-        r_t = sign_sum / max(count, 1)
+    def update(self, sign_sum: torch.Tensor | float, count: int) -> None:
+        """Fold in one interval's sum (on any device, not read) and count over all ranks; adjust p
+        (in float64 on that device, the same bits as in Python) and start a new interval."""
+        sign_sum = torch.as_tensor(sign_sum, dtype=torch.float64)
         change = count / self.ramp_images
-        self.p = min(1.0, max(0.0, self.p + (change if r_t > self.target else -change)))
+        self.p = (torch.where(sign_sum / max(count, 1) > self.target, change, -change) + self.p).clamp(0.0, 1.0)
         self.sign_sum, self.count = 0.0, 0
 
     def state_dict(self) -> dict[str, float | int]:
-        return {"p": self.p, "sign_sum": float(self.sign_sum), "count": self.count}
+        return {"p": float(self.p), "sign_sum": float(self.sign_sum), "count": self.count}
 
     def load_state_dict(self, state: dict[str, float | int]) -> None:
         self.p, self.sign_sum, self.count = float(state["p"]), float(state["sign_sum"]), int(state["count"])

@@ -187,7 +187,21 @@ class TrainConfig:
     log_every_steps: int = 10
     """A metrics.jsonl record, TensorBoard scalars and a train.log line every N steps."""
     sample_every_steps: int = 500
-    """A sample grid from the fixed noise every N steps (0: only at epoch ends)."""
+    """A sample grid from the fixed noise every N steps (0: none but at epoch ends, if asked for)."""
+    sample_at_epoch_end: bool = False
+    """Also a grid (and the loss curve) at each epoch end (the original project's fake_epoch_N.png);
+    off by default: a large collection on many GPUs ends an epoch every few seconds."""
+    deterministic: bool = False
+    """On CUDA: deterministic kernels (cudnn deterministic, no benchmark, no TF32,
+    torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG), so a resumed run can be
+    bit-exact there too, at some speed. The CPU is deterministic either way."""
+    backend: str = "auto"
+    """Process group backend under torchrun: auto (nccl on CUDA, gloo on CPU), or gloo (also with
+    CUDA tensors: several ranks may then share one GPU, as the GPU check does)."""
+    collective_timeout_s: float = 600.0
+    """How long any collective may wait for the other ranks before the job fails (nccl's and
+    gloo's timeout). Work only rank 0 does (evaluation) never counts against it: the others wait
+    in heartbeats of a tenth of it (at most 10 s)."""
     collapse_logs: int = 20
     """Collapse watchdog: warn (and mark metrics.jsonl) once D has won for this many log lines in
     a row; 0 disables."""
@@ -207,6 +221,8 @@ class TrainConfig:
         _check(self.sample_every_steps >= 0, "train.sample_every_steps must be >= 0")
         _check(self.collapse_logs >= 0, "train.collapse_logs must be >= 0")
         _check(self.collapse_evals >= 0, "train.collapse_evals must be >= 0")
+        _check(self.collective_timeout_s >= 1, "train.collective_timeout_s must be >= 1")
+        _check(self.backend in ("auto", "gloo"), "train.backend must be auto or gloo")
 
 
 AUGMENT_OPS = ("translation", "cutout", "color")
@@ -249,12 +265,15 @@ class AugmentConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 1000
-    """0 disables step-based checkpoints."""
+    every_steps: int = 0
+    """A checkpoint every N steps (0: none by steps; a step's cost differs tenfold between a laptop
+    and an 8-GPU node, so the default cadence is by time)."""
     every_minutes: float = 10.0
-    """0 disables time-based checkpoints."""
-    at_epoch_end: bool = True
-    """Also checkpoint when an epoch ends (the original project saved weights once per epoch)."""
+    """A checkpoint when this much time has passed since the last save (rank 0's clock, agreed by
+    all ranks); 0 disables time-based checkpoints. Bounds the work a preemption loses."""
+    at_epoch_end: bool = False
+    """Also checkpoint when an epoch ends (the original project saved weights once per epoch; on
+    a large collection an epoch ends every few seconds, so off by default)."""
     keep_last: int = 3
     """Complete checkpoints kept (the newest and the one just written are never deleted)."""
     resume: str = "auto"

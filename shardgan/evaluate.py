@@ -29,7 +29,8 @@ def load_real_images(data: DataConfig, num_images: int) -> torch.Tensor:
 
 @dataclass
 class Evaluator:
-    """The real side, computed once per run: SWD descriptors and, with weights, Inception features."""
+    """The real side, computed once per run: SWD descriptors and, with weights, Inception features,
+    on the training device (where G runs)."""
 
     swd: SlicedWasserstein
     real_distance: torch.Tensor
@@ -48,7 +49,7 @@ class Evaluator:
                 split_location(cfg.data, "val"), len(real), cfg.eval.num_images, len(real), len(real),
             )  # fmt: skip
         fid_kid = FidKid(inception_features(cfg.eval.fid_weights), real, device) if cfg.eval.fid_weights else None
-        swd = SlicedWasserstein.with_mode(real, cfg.eval.swd_mode)
+        swd = SlicedWasserstein.with_mode(real, cfg.eval.swd_mode, device=device)
         return cls(swd=swd, real_distance=mean_pairwise_distance(real), num_images=len(real), nz=cfg.model.nz, device=device, fid_kid=fid_kid)
 
     def __call__(self, generator: nn.Module) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 save path (`maybe_checkpoint`) for steps, minutes, epoch ends, signals and the last step.
 
 Every decision that makes ranks take a branch (stop, non-finite loss, time to save) is
-agreed by all-reduce first, so all ranks save and stop at the same step.
+agreed by all-reduce first, so all ranks save and stop at the same step. At an ordinary step
+that agreement is read one step late (distributed.LateAgreement), the only read from the device
+an ordinary step makes; so a stop or a minutes timer takes effect at the step after it is seen.
+Rank 0's metric records are kept in memory (read once, at the start), never reread per plot.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .source import split_location
 from .stop import StopFlag
-from .trainer import Trainer, total_steps
+from .trainer import CHECKED, Trainer, total_steps
 from .viz import save_curve, save_grid, save_loss_curve
 
 log = logging.getLogger("shardgan")
@@ -153,20 +156,32 @@ class TensorBoard:
             self.writer.close()
 
 
+def heartbeat_s(t: Trainer) -> float:
+    """How often the ranks meet while rank 0 alone works (distributed.run_on_main)."""
+    return min(10.0, t.cfg.train.collective_timeout_s / dist.HEARTBEATS_PER_TIMEOUT)
+
+
+def has_val(loader: ShardLoader) -> bool:
+    val = loader.manifest.splits.get("val")
+    return bool(val and val.shards)
+
+
 def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
     """Rank 0's SWD reference on the val split (None elsewhere, or without a val split); a failure
-    to build it (e.g. a missing eval.fid_weights file) stops every rank."""
-    val = loader.manifest.splits.get("val")
-    if not val or not val.shards:
+    to build it (e.g. a missing eval.fid_weights file) stops every rank. The others wait for it
+    in heartbeats, however long it takes."""
+    if not has_val(loader):
         if t.world.is_main:
             log.warning("no val split (%s): SWD evaluation, the best checkpoint and the samples' diversity check are skipped (pack with --val to get one)", split_location(t.cfg.data, "val"))
         return None
-    evaluator, error = None, ""
-    if t.world.is_main:
+
+    def build() -> tuple[Evaluator | None, str]:
         try:
-            evaluator = Evaluator.build(t.cfg, t.device)
+            return Evaluator.build(t.cfg, t.device), ""
         except ShardganError as e:
-            error = str(e)
+            return None, str(e)
+
+    evaluator, error = dist.run_on_main(build, heartbeat_s(t)) or (None, "")
     if not dist.agree_all(not error, t.device):
         raise ConfigError(error or "evaluation set-up failed on rank 0 (see its log)")
     return evaluator
@@ -186,20 +201,23 @@ class Hooks:
         """This rank's skipped samples already counted in an epoch-end line."""
         self.evaluator = build_evaluator(t, loader)
         self.tensorboard = TensorBoard(rd, t.step) if t.world.is_main else None
+        self.agreement = dist.LateAgreement(t.device)
+        self.stopping = False
+        """A stop all ranks agreed on, seen by after_step or by a save's fresh read."""
         self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs, t.cfg.train.collapse_evals)
-        if t.world.is_main:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
-            for record in read_metrics(rd.metrics):
+        self.records = read_metrics(rd.metrics) if t.world.is_main else []
+        """Rank 0: metrics.jsonl as written, read once here and appended to, for the curves."""
+        for record in self.records:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
                 self.watchdog.check(record)
 
     def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
-        """Agree on stop/finite/time (one all-reduce), log, samples, eval, checkpoint. True: stop now."""
+        """Agree on stop/finite/time (one all-reduce, read a step late), log, samples, eval,
+        checkpoint. True: stop now. The minutes timer is rank 0's clock alone."""
         t, cfg = self.t, self.t.cfg
         every_s = 60 * cfg.checkpoint.every_minutes
-        bad_step = t.finite.push(t.step, stats)
-        flags = [self.stop.signum is not None, bad_step is not None, every_s > 0 and time.monotonic() - self.saved_at >= every_s]
-        stopped, not_finite, time_due = dist.agree_any(flags, t.device)
-        if not_finite:
-            self.raise_non_finite(bad_step)
+        time_due = t.world.is_main and every_s > 0 and time.monotonic() - self.saved_at >= every_s
+        not_finite = ~torch.stack([torch.isfinite(stats[k]) for k in CHECKED if k in stats]).all()
+        time_due = self.take(self.agreement.push(t.step, not_finite, [self.stop.signum is not None, time_due]))
         if t.world.is_main and t.step % cfg.train.log_every_steps == 0:
             self.log_metrics(stats, epoch)
         if t.world.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
@@ -207,61 +225,78 @@ class Hooks:
         if t.step == self.total or (cfg.eval.every_steps and t.step % cfg.eval.every_steps == 0):
             self.evaluate()
         every = cfg.checkpoint.every_steps
-        self.maybe_checkpoint(stopped or time_due or t.step == self.total or (every > 0 and t.step % every == 0))
-        return stopped
+        self.maybe_checkpoint(self.stopping or time_due or t.step == self.total or (every > 0 and t.step % every == 0))
+        return self.stopping
+
+    def take(self, agreed: tuple[int, list[bool]] | None) -> bool:
+        """Act on one step's agreed [not finite, stop, time due]: raise, note the stop; returns time due."""
+        if agreed is None:
+            return False
+        step, (not_finite, stopped, time_due) = agreed
+        if not_finite:
+            self.raise_non_finite(step)
+        self.stopping |= stopped
+        return time_due
 
     def end_of_epoch(self, epoch: int) -> None:
-        """Samples each epoch (the original project's fake_epoch_N.png) and, if configured, a checkpoint."""
+        """Where configured: samples (the original project's fake_epoch_N.png) and a checkpoint.
+        Nothing else happens at an epoch end, so a large collection's frequent ones cost nothing."""
         log.info("epoch %d done at step %d%s", epoch, self.t.step, self._skipped_this_epoch())
-        if self.t.world.is_main:
+        if self.t.world.is_main and self.t.cfg.train.sample_at_epoch_end:
             self.tensorboard.images(self.t.step, save_samples(self.t, self.rd.sample(self.t.step)))
-            save_loss_curve(read_metrics(self.rd.metrics), self.rd.loss_curve)
+            save_loss_curve(self.records, self.rd.loss_curve)
         self.maybe_checkpoint(self.t.cfg.checkpoint.at_epoch_end)
 
     def _skipped_this_epoch(self) -> str:
         """All ranks' corrupt samples skipped since the last epoch end (collective), for its line."""
         new = len(self.loader.corrupt) - self.corrupt_reported
         self.corrupt_reported = len(self.loader.corrupt)
-        (skipped,) = dist.all_reduce_sum([float(new)], self.t.device)
-        return f", {int(skipped)} corrupt samples skipped (data.on_corrupt=skip; each was named above)" if skipped else ""
+        skipped = int(dist.sum_over_ranks(torch.tensor(float(new), device=self.t.device)).item())  # once an epoch
+        return f", {skipped} corrupt samples skipped (data.on_corrupt=skip; each was named above)" if skipped else ""
 
     def maybe_checkpoint(self, due: bool, *, best: bool = False) -> None:
         """The one save path (collective): never a step twice, never weights a non-finite step
-        made (on CUDA the newest flag is read now), and the minutes timer restarts at any save."""
+        made (the newest step's flags are read now), and the minutes timer restarts at any save."""
         if not due or (self.t.step == self.saved_step and not best):
             return
-        bad_step = self.t.finite.now()
-        if dist.agree_any([bad_step is not None], self.t.device)[0]:
-            self.raise_non_finite(bad_step)
+        self.take(self.agreement.now())
         save_checkpoint(self.t, self.loader, self.rd, best=best)
         self.saved_at = time.monotonic()
         if not best:
             self.saved_step = self.t.step
 
     def evaluate(self) -> None:
-        """SWD of the sampler on rank 0 (the others wait a few seconds): logged to metrics.jsonl and
+        """SWD of the sampler on rank 0, on its training device, while the others wait in
+        heartbeats (no collective timeout, however long it takes): logged to metrics.jsonl and
         plotted; a new lowest SWD also saves a full checkpoint into checkpoints/best/."""
         t, rd = self.t, self.rd
         best, record = False, {}
+        if has_val(self.loader):  # on every rank alike: all take part in run_on_main
+            scores = dist.run_on_main(lambda: self.evaluator(t.sampler) if self.evaluator is not None else None, heartbeat_s(t))
         if self.evaluator is not None:
-            scores = self.evaluator(t.sampler)
-            earlier = [r["swd"] for r in read_metrics(rd.metrics) if "swd" in r and r["step"] < t.step]
+            earlier = [r["swd"] for r in self.records if "swd" in r and r["step"] < t.step]
             best = not earlier or scores["swd"] < min(earlier)
             record = {"step": t.step, **scores}
             collapse = self.watchdog.check(record)
             if collapse is not None:
                 record["collapse"] = collapse
-            append_metrics(rd.metrics, record)
+            self.append(record)
             self.tensorboard.scalars(t.step, {f"eval/{k}": v for k, v in scores.items() if isinstance(v, (int, float))})
-            save_curve(read_metrics(rd.metrics), ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
+            save_curve(self.records, ("swd",), rd.swd_curve, "SWD x 1e3 (lower is better)")
             log.info("step %d: swd %.2f, diversity %.2f%s", t.step, scores["swd"], scores["diversity"], " (lowest so far)" if best else "")
         self.maybe_checkpoint(dist.broadcast_from_main(best), best=True)
         if "low_diversity" in self.watchdog.started and record:  # after the save: best/ is up to date
             log.warning(self.watchdog.message("low_diversity", t.step, record, str(best_checkpoint(rd) or "none yet")))
 
+    def append(self, record: dict) -> None:
+        """Rank 0: one record into metrics.jsonl and into the records in memory."""
+        append_metrics(self.rd.metrics, record)
+        self.records.append(record)
+
     def log_metrics(self, stats: dict[str, torch.Tensor], epoch: int) -> None:
         t = self.t
-        record = {"step": t.step, "epoch": epoch, **{k: round(v.item(), 6) for k, v in stats.items()}}
+        values = torch.stack([v.detach().float().reshape(()).to(t.device) for v in stats.values()]).tolist()  # one read of the device
+        record = {"step": t.step, "epoch": epoch, **{k: round(v, 6) for k, v in zip(stats, values)}}
         record["images_per_s"] = round(self.meter.rate(), 1)
         record["lr"] = t.opt_g.param_groups[0]["lr"]
         collapse = self.watchdog.check(record)
@@ -269,7 +304,7 @@ class Hooks:
             record["collapse"] = collapse
             for name in self.watchdog.started:
                 log.warning(self.watchdog.message(name, t.step, record, ""))
-        append_metrics(self.rd.metrics, record)
+        self.append(record)
         self.tensorboard.scalars(t.step, {f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch") and isinstance(v, (int, float))})
         self.bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}")
         log.info(

@@ -97,6 +97,8 @@ class ShardLoader:
         self._ahead = self._num_workers * cfg.prefetch_factor
         self._ring: torch.Tensor | None = None
         self._copied: list[torch.cuda.Event | None] = [None] * (self._ahead + HOLD)
+        self._copy_stream: torch.cuda.Stream | None = None
+        """CUDA: the stream batches are copied to the GPU on, beside the training stream."""
         self._pending: deque[int] = deque()
         """Batches sent to the workers and not yet taken back, by number."""
         self._workers: ReadingProcesses | None = None
@@ -214,9 +216,15 @@ class ShardLoader:
         self.corrupt.extend(corrupt)
         self.samples_seen += self.global_batch
         if images.device.type == "cpu" and self.device.type == "cuda":  # from the ring: copied while the GPU works
-            images = images.to(self.device, non_blocking=True)
-            self._copied[slot] = torch.cuda.Event()
-            self._copied[slot].record()
+            if self._copy_stream is None:
+                self._copy_stream = torch.cuda.Stream(self.device)
+            training = torch.cuda.current_stream(self.device)
+            with torch.cuda.stream(self._copy_stream):  # on a side stream: it overlaps the step still running
+                images = images.to(self.device, non_blocking=True)
+                self._copied[slot] = torch.cuda.Event()
+                self._copied[slot].record()
+            training.wait_stream(self._copy_stream)  # the next step starts once its batch is there
+            images.record_stream(training)  # its memory is not reused before training is done with it
         return {"image": images, "key": keys}
 
     def _prefetcher(self, order: np.ndarray, plan: RankPlan) -> Prefetcher | None:

@@ -141,7 +141,13 @@ class Discriminator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).flatten()
+        """The last convolution (to one logit) in fp32 under any autocast: a bf16 logit of 10
+        would be rounded to a multiple of 0.06 before the loss sees it."""
+        *body, last = self.main
+        for layer in body:
+            x = layer(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return last(x.float()).flatten()
 
 
 def init_weights(module: nn.Module, generator: torch.Generator) -> None:
@@ -232,8 +238,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for ema_param, param in zip(self.model.parameters(), model.parameters()):
-            ema_param.lerp_(param, 1.0 - self.decay)
+        """One lerp for all parameters (a few kernels on CUDA, not one per parameter)."""
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1.0 - self.decay)
         self.fresh = False
 
     def load_state_dict(self, state: dict) -> None:

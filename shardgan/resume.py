@@ -45,10 +45,12 @@ CHANGE_POLICY: dict[str, str] = {
     **dict.fromkeys(("augment.policy", "augment.probability", "augment.translation_ratio", "augment.cutout_ratio"), APPLIED),
     **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),
     **dict.fromkeys(("train.device", "train.precision", "train.channels_last", "train.compile", "data.decode_device"), APPLIED),
+    **dict.fromkeys(("train.deterministic", "train.backend"), APPLIED),
     # free: where things are, how fast they load, when to stop, log, save or evaluate
     **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor", "data.progress_every_s"), FREE),
     **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
     **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals"), FREE),
+    **dict.fromkeys(("train.sample_at_epoch_end", "train.collective_timeout_s"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),
     **dict.fromkeys(("checkpoint.resume", "checkpoint.allow_config_change", "run.root", "run.name"), FREE),
     **dict.fromkeys(("eval.every_steps", "eval.num_images", "eval.swd_mode", "eval.fid_weights"), FREE),

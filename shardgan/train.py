@@ -31,7 +31,7 @@ from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
 from .progress import ProgressLines
 from .quality import diversity
-from .rundir import RunDir, logging_setup, read_metrics
+from .rundir import RunDir, logging_setup
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
 from .viz import save_grid, save_loss_curve
@@ -65,15 +65,15 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fake_seen = through_d(fake)  # what D judges, in both steps
         real_in, fake_in = through_d(real).detach().requires_grad_(r1), fake_seen.detach().requires_grad_(r2)
         real_logits, fake_logits = t.d_run(real_in), t.d_run(fake_in)  # (B,), (B,)
-        loss_d = d_loss(real_logits, fake_logits)
-        penalties = {}
-        if r1:
-            penalties["r1"] = gradient_penalty(real_logits, real_in)
-        if r2:
-            penalties["r2"] = gradient_penalty(fake_logits, fake_in)
-        # lazily regularized: every penalty_every_steps-th step, that many times as strong
-        gammas = {"r1": optim.r1_gamma, "r2": optim.r2_gamma}
-        loss_d_total = loss_d + sum(gammas[k] / 2 * optim.penalty_every_steps * v for k, v in penalties.items())
+    loss_d = d_loss(real_logits.float(), fake_logits.float())  # losses in fp32 under any autocast
+    penalties = {}
+    if r1:
+        penalties["r1"] = gradient_penalty(real_logits, real_in)
+    if r2:
+        penalties["r2"] = gradient_penalty(fake_logits, fake_in)
+    # lazily regularized: every penalty_every_steps-th step, that many times as strong
+    gammas = {"r1": optim.r1_gamma, "r2": optim.r2_gamma}
+    loss_d_total = loss_d + sum(gammas[k] / 2 * optim.penalty_every_steps * v for k, v in penalties.items())
     t.opt_d.zero_grad(set_to_none=True)
     loss_d_total.backward()
     t.opt_d.step()
@@ -82,7 +82,8 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     with t.autocast():
         with torch.no_grad():  # the reals G's fakes are paired with, judged by the D just updated
             real_ref = t.d_frozen(through_d(real)) if cfg.model.loss in RELATIVISTIC else None
-        loss_g = g_loss(t.d_frozen(fake_seen), real_ref)
+        fake_logits_g = t.d_frozen(fake_seen)  # (B,)
+    loss_g = g_loss(fake_logits_g.float(), None if real_ref is None else real_ref.float())
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
@@ -99,7 +100,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
         **{k: v.detach() for k, v in penalties.items()},
     }
     if t.diff_augment is not None and t.diff_augment.ada is not None:
-        stats["augment_p"] = torch.tensor(t.diff_augment.p)
+        stats["augment_p"] = torch.as_tensor(t.diff_augment.p)  # on the device once updated
         _adapt(t, real_logits)
     return stats
 
@@ -114,12 +115,12 @@ def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.T
 
 
 def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
-    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p."""
+    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p, on the
+    device (every rank's batch has the same size, so the count over ranks is count x world size)."""
     ada = t.diff_augment.ada
     ada.observe(real_logits)
     if (t.step + 1) % ada.interval_steps == 0:
-        total_sum, total_count = dist.all_reduce_sum([ada.sign_sum, float(ada.count)], t.device)
-        ada.update(total_sum, int(total_count))
+        ada.update(dist.sum_over_ranks(torch.as_tensor(ada.sign_sum, dtype=torch.float64)), ada.count * t.world.world_size)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
     Returns the run directory and whether a signal stopped it before the end."""
     stop = StopFlag()
     with stop.installed():  # before joining the group: a signal from now on stops the run cleanly
-        world = dist.init(cfg.train.device)
+        world = dist.init(cfg.train.device, cfg.train.collective_timeout_s, cfg.train.backend)
         try:
             with logging_setup(world.is_main) as log_to_file:
                 t = build_trainer(cfg, world)
@@ -174,13 +175,15 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
     every_s = t.cfg.data.progress_every_s if t.world.is_main and not interactive else 0
     lines = ProgressLines("train", total * global_batch, "img", every_s, log.info, initial=t.step * global_batch)
     hooks = Hooks(t, loader, rd, stop, bar)
+    grid_of_first_batch = t.world.is_main and not rd.train_batch.exists()  # checked once, not per step
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
         while t.step < total and not stopped:
             epoch = loader.epoch
             for batch in loader:
-                if t.world.is_main and not rd.train_batch.exists():
+                if grid_of_first_batch:
                     save_grid(batch["image"][:64], rd.train_batch)
+                    grid_of_first_batch = False
                 stats = train_step(t, batch["image"])
                 t.step += 1
                 hooks.meter.images += global_batch
@@ -192,7 +195,7 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
             else:
                 hooks.end_of_epoch(epoch)
     if t.world.is_main:
-        save_loss_curve(read_metrics(rd.metrics), rd.loss_curve)
+        save_loss_curve(hooks.records, rd.loss_curve)
     return stopped and t.step < total
 
 

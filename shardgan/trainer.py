@@ -4,6 +4,7 @@ generators every random draw of a step comes from (so no draw depends on history
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,25 +42,6 @@ CHECKED = ("loss_d", "loss_g", "r1", "r2")
 
 
 @dataclass
-class FiniteCheck:
-    """Were all losses finite? Read without stalling the GPU: on CUDA the flag of step s is read
-    once step s+1 is queued (one step late); `now()` waits for the newest (before a checkpoint)."""
-
-    lagged: bool
-    pending: tuple[int, torch.Tensor] | None = None
-
-    def push(self, step: int, stats: dict[str, torch.Tensor]) -> int | None:
-        """Record this step's flag; the step of a non-finite loss, if one is known now."""
-        flag = ~torch.stack([torch.isfinite(stats[k]) for k in CHECKED if k in stats]).all()
-        ready, self.pending = (self.pending, (step, flag)) if self.lagged else ((step, flag), None)
-        return ready[0] if ready is not None and bool(ready[1]) else None
-
-    def now(self) -> int | None:
-        ready, self.pending = self.pending, None
-        return ready[0] if ready is not None and bool(ready[1]) else None
-
-
-@dataclass
 class Trainer:
     """What is trained and how it is run: raw modules (state dicts), and their run-time wrappers."""
 
@@ -80,7 +62,6 @@ class Trainer:
     """D for the D step (DDP-wrapped: its gradients are all-reduced)."""
     d_frozen: nn.Module = field(init=False)
     """D for the G step without DDP: only G's gradients are needed there."""
-    finite: FiniteCheck = field(init=False)
     step: int = 0
 
     @property
@@ -104,20 +85,19 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def wrap(self) -> None:
-        """Compile and DDP-wrap after restoring, so every rank starts from the same loaded state."""
+        """DDP-wrap, then compile, after restoring, so every rank starts from the same loaded state.
+        Compiling the DDP module (torch's documented order) lets dynamo split the graph at DDP's
+        buckets, so the gradient all-reduce overlaps the compiled backward pass."""
         g, d = self.g, self.d
-        if self.cfg.train.compile:
-            g, d = torch.compile(g), torch.compile(d)
-        self.d_frozen = d
+        d_frozen = d
         if self.world.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
             # the same state and a checkpoint of rank 0 is the state of all.
             g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
-        self.g_run, self.d_run = g, d
-        self.finite = FiniteCheck(lagged=self.device.type == "cuda")
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv kernels once
+        if self.cfg.train.compile:
+            g, d, d_frozen = torch.compile(g), torch.compile(d), torch.compile(d_frozen)
+        self.g_run, self.d_run, self.d_frozen = g, d, d_frozen
 
 
 def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
@@ -125,10 +105,26 @@ def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
     return torch.channels_last if cfg.train.channels_last and device.type == "cuda" else torch.contiguous_format
 
 
+def choose_kernels(deterministic: bool, device: torch.device) -> None:
+    """On CUDA, the fastest kernels (cudnn picks per shape once, TF32 convolutions) or, with
+    train.deterministic, only deterministic ones in full fp32, so the same inputs give the same
+    bits run after run. Before any CUDA work: cuBLAS reads its workspace setting at start-up."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
     group = cfg.model.minibatch_std
     if group and cfg.data.batch_size % group:
         raise ConfigError(f"model.minibatch_std={group} must divide data.batch_size={cfg.data.batch_size} (each rank's batch is cut into groups)")
+    choose_kernels(cfg.train.deterministic, world.device)
     g, d = build_models(cfg.model, cfg.train.seed)
     fmt = memory_format(cfg, world.device)
     g, d = g.to(world.device, memory_format=fmt), d.to(world.device, memory_format=fmt)

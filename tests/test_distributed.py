@@ -24,7 +24,7 @@ def test_alone_without_torchrun_everything_is_local(monkeypatch: pytest.MonkeyPa
     assert dist.backend() == "none" and dist.restart_count() == 0
     assert dist.agree_any([True, False], CPU) == [True, False]
     assert dist.agree_all(False, CPU) is False and dist.agree_all(True, CPU) is True
-    assert dist.all_reduce_sum([1.5, 2.0], CPU) == [1.5, 2.0]
+    assert dist.sum_over_ranks(torch.tensor([1.5, 2.0])).tolist() == [1.5, 2.0]
     assert dist.gather_to_main({"a": 1}) == [{"a": 1}] and dist.broadcast_from_main("x") == "x"
     dist.shutdown()  # nothing to shut down: no error
 
@@ -50,6 +50,24 @@ def test_gpu_choices_that_cannot_work_are_refused() -> None:
         dist.resolve_device("cuda", 3, 4, visible=2)
 
 
+def test_a_steps_flags_are_read_at_the_next_step_or_on_demand() -> None:
+    """push(s) answers step s-1's flags (the device flag first), now() the newest, each once."""
+    agreement = dist.LateAgreement(CPU)
+    nan, ok = torch.tensor(True), torch.tensor(False)
+    assert agreement.push(1, ok, [False, True]) is None
+    assert agreement.push(2, nan, [False, False]) == (1, [False, False, True])
+    assert agreement.push(3, ok, [True, False]) == (2, [True, False, False])
+    assert agreement.now() == (3, [False, True, False]) and agreement.now() is None
+    assert agreement.push(4, ok, [False, False]) is None
+
+
+def late_flags(rank: int) -> tuple[int, list[bool]] | None:
+    """Rank 1's device flag and rank 0's host flag, agreed and read a step late."""
+    agreement = dist.LateAgreement(CPU)
+    agreement.push(0, torch.tensor(rank == 1), [rank == 0, False])
+    return agreement.now()
+
+
 def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     world = dist.init("cpu")
@@ -60,9 +78,10 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
             dist.backend(),
             dist.agree_any([rank == 1, False], CPU),
             dist.agree_all(rank == 0, CPU),
-            dist.all_reduce_sum([float(rank), 1.0], CPU),
+            dist.sum_over_ranks(torch.tensor([float(rank), 1.0], dtype=torch.float64)).tolist(),
             dist.gather_to_main(f"rank {rank}"),
             dist.broadcast_from_main(f"from {rank}"),
+            late_flags(rank),
         ))  # fmt: skip
     finally:
         dist.shutdown()
@@ -80,8 +99,56 @@ def test_two_gloo_ranks_agree() -> None:
     for process in ranks:
         process.join(60)
         assert process.exitcode == 0
-    for rank, world_size, backend, any_, all_, sums, gathered, broadcast in got:
+    for rank, world_size, backend, any_, all_, sums, gathered, broadcast, late in got:
         assert (world_size, backend) == (2, "gloo"), rank
         assert any_ == [True, False] and all_ is False  # rank 1's True reaches rank 0; rank 1's False fails "all"
         assert sums == [1.0, 2.0]
         assert gathered == ["rank 0", "rank 1"] and broadcast == "from 0"
+        assert late == (0, [True, True, False])
+
+
+SLOW_S, TIMEOUT_S = 4.0, 1.0
+
+
+def _slow_main(rank: int, port: int, results: multiprocessing.Queue, heartbeats: bool) -> None:
+    """Rank 0 works SLOW_S alone, four times the collective timeout; rank 1 waits for it."""
+    import time
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init("cpu", timeout_s=TIMEOUT_S)
+
+    def work() -> str:
+        time.sleep(SLOW_S)
+        return "scores"
+
+    try:
+        if heartbeats:
+            results.put((rank, dist.run_on_main(work, heartbeat_s=TIMEOUT_S / dist.HEARTBEATS_PER_TIMEOUT)))
+        else:
+            results.put((rank, dist.broadcast_from_main(work() if rank == 0 else None)))
+    except Exception as e:  # noqa: BLE001 - the outcome is the test's result
+        results.put((rank, f"failed: {type(e).__name__}"))
+    finally:
+        dist.shutdown()
+
+
+def two_slow_ranks(heartbeats: bool) -> list[tuple[int, str | None]]:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    ranks = [ctx.Process(target=_slow_main, args=(r, port, results, heartbeats)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    got = sorted(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(60)
+    return got
+
+
+@pytest.mark.multiproc
+def test_work_on_rank_0_longer_than_the_collective_timeout_kills_no_rank() -> None:
+    """With train.collective_timeout_s=1 the other rank waits 4 s in heartbeats and goes on; waiting
+    in one collective (what evaluation did) dies of the timeout, so the timeout is in force."""
+    assert two_slow_ranks(heartbeats=True) == [(0, "scores"), (1, None)]
+    plain = two_slow_ranks(heartbeats=False)
+    assert plain[1][1].startswith("failed"), plain

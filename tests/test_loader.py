@@ -322,3 +322,18 @@ def test_gpu_decoding_is_refused_where_it_cannot_run(tmp_path):
     build_dataset(tmp_path, [8])
     with pytest.raises(DataError, match="data.decode_device=cuda decodes JPEG shards on the training GPU; here the shards are png and the device is cpu"):
         make_loader(tmp_path, decode_device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batches_copied_to_the_gpu_on_a_side_stream_arrive_whole_while_the_gpu_is_busy(dataset, num_workers):
+    """The copy runs beside the training stream; the training stream waits for it, so a batch read
+    on it right away, behind a long queued matmul, holds its samples."""
+    loader = ShardLoader(DataConfig(shards=str(dataset), batch_size=3, num_workers=num_workers, prefetch_factor=1, pin_memory=True), device="cuda")
+    busy = torch.randn(4096, 4096, device="cuda")
+    for batch in loader:
+        busy = busy @ busy / 4096  # keeps the training stream busy while the next copy runs
+        assert batch["image"].is_cuda
+        for image, key in zip(batch["image"].cpu(), batch["key"]):
+            np.testing.assert_array_equal(image.numpy(), game_frame(int(key), 16, 12).transpose(2, 0, 1))
+    assert loader._copy_stream is not None and loader._copy_stream != torch.cuda.current_stream()

@@ -323,3 +323,86 @@ def test_the_last_lines_name_the_newest_and_the_best_checkpoint_with_their_swd(b
     ]
     no_val = (straight / "train.log").read_text().splitlines()[-1]
     assert no_val.endswith("best checkpoint: none (no evaluation; set eval.every_steps and pack with --val)")
+
+
+# -- no wait for the device at an ordinary step --------------------------------------------------
+
+DEVICE_READS = ("item", "tolist", "__bool__", "cpu", "numpy")
+SHARDGAN_DIR = str(Path(ckpt.__file__).parent)
+
+
+def _count_device_reads(rank: int, port: int, args: list[str], results) -> None:
+    """One rank of a 2-rank gloo run that records, per step, every call shardgan's own code makes
+    that reads a tensor on the host (DEVICE_READS), builds a tensor on a device from Python values
+    (torch.tensor with a device) or starts an all-reduce."""
+    import sys
+
+    import torch
+    import torch.distributed as torch_dist
+
+    from shardgan import train as train_module
+    from shardgan.cli import main
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    step, events = [0], []
+
+    def record(kind: str) -> None:
+        caller = sys._getframe(2).f_code.co_filename
+        if caller.startswith(SHARDGAN_DIR):
+            events.append((step[0], kind, Path(caller).name))
+
+    def counting(name: str, real):
+        def call(*a, **k):
+            record(name if name != "tensor" or k.get("device") is not None else "host tensor")
+            return real(*a, **k)
+
+        return call
+
+    for name in DEVICE_READS:
+        setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    torch.tensor = counting("tensor", torch.tensor)
+    torch_dist.all_reduce = counting("all_reduce", torch_dist.all_reduce)
+    real_step = train_module.train_step
+
+    def numbered_step(t, images):
+        step[0] = t.step + 1  # the reads of after_step belong to the step just made
+        return real_step(t, images)
+
+    train_module.train_step = numbered_step
+    code = main(["train", *args])
+    results.put((rank, code, events))
+
+
+@pytest.mark.multiproc
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["augment.policy=", "data.color_jitter=0"]], ids=["diffaugment-ada-jitter", "plain"])
+def test_an_ordinary_step_reads_the_device_once_and_only_an_earlier_steps_flags(tiny_shards: Path, tmp_path: Path, extra: list[str]) -> None:
+    """Two gloo ranks, 20 steps of the tiny preset (DiffAugment, ADA every 4 steps, colour jitter);
+    logs, samples and saves every 5 steps (an epoch is 15 steps). At every other step shardgan
+    reads exactly one tensor on the host, the agreed flags of the step before (distributed.py's
+    LateAgreement), builds no tensor on a device from Python values and starts one all-reduce
+    (two at ADA's steps, whose sum stays on the device)."""
+    import multiprocessing
+
+    from tests.test_resume import free_port
+
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    args = train_args(tiny_shards, tmp_path / "reads", "data.batch_size=4", "train.max_steps=20", *extra)
+    port = free_port()
+    ranks = [ctx.Process(target=_count_device_reads, args=(r, port, args, results)) for r in range(2)]
+    for process in ranks:
+        process.start()
+    got = sorted(results.get(timeout=300) for _ in ranks)
+    for process in ranks:
+        process.join(60)
+    for rank, code, events in got:
+        assert code == 0, rank
+        ordinary = [s for s in range(1, 21) if s % 5 != 0]
+        for s in ordinary:
+            found = sorted((kind, where) for at, kind, where in events if at == s and kind != "host tensor")
+            late_read = [("tolist", "distributed.py")] if s % 5 != 1 else []  # none at step 1, nor after a save (read there)
+            ada = [("all_reduce", "distributed.py")] if not extra and s % 4 == 0 else []  # ADA's sum, left on the device
+            assert found == [("all_reduce", "distributed.py"), *ada, *late_read], (rank, s, found)
+        assert any(at % 5 == 0 and kind == "tolist" for at, kind, _ in events)  # the log steps read their stats: the count sees reads

@@ -1,23 +1,24 @@
 """What is trained: models, optimizers and noise built from the seed alone, derived generators that
-never share a state, the finite check's timing, and the size check between shards and model."""
+never share a state, and the size check between shards and model."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from shardgan.config import Config
-from shardgan.distributed import DistInfo
+from shardgan.distributed import DistInfo, LateAgreement
 from shardgan.errors import ConfigError
 from shardgan.trainer import (
     AUGMENT,
     DIFF_AUGMENT,
     NOISE,
     NUM_FIXED_NOISE,
-    FiniteCheck,
     build_trainer,
+    choose_kernels,
     derived_generator,
     open_loader,
     total_steps,
@@ -59,26 +60,66 @@ def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
         assert not torch.equal(z, fixed[:8]), f"fixed noise equals rank {rank}'s training noise at step 0"
 
 
-def test_finite_check_on_gpu_reads_one_step_late_and_on_demand() -> None:
-    ok = {"loss_d": torch.tensor(1.0), "loss_g": torch.tensor(0.5)}
-    bad = {"loss_d": torch.tensor(float("nan")), "loss_g": torch.tensor(0.5)}
-    lagged = FiniteCheck(lagged=True)
-    assert lagged.push(1, ok) is None and lagged.push(2, bad) is None and lagged.push(3, ok) == 2
-    assert lagged.push(4, bad) is None and lagged.now() == 4 and lagged.now() is None
-    assert FiniteCheck(lagged=False).push(7, bad) == 7
-
-
 def test_precision_and_wrapping_on_the_cpu() -> None:
     cfg = tiny_config()
     t = build_trainer(cfg, ALONE)
     t.wrap()
     assert t.g_run is t.g and t.d_run is t.d_frozen is t.d  # one process: no DDP
-    assert not t.finite.lagged and t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
+    assert t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
     with t.autocast():
         assert not torch.is_autocast_enabled("cpu")  # auto on the CPU: fp32
     cfg.train.precision = "bf16"
     with t.autocast():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+
+
+def test_deterministic_mode_chooses_deterministic_fp32_kernels_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    backends = torch.backends
+    for name in ("benchmark", "deterministic", "allow_tf32"):
+        monkeypatch.setattr(backends.cudnn, name, getattr(backends.cudnn, name))  # restored after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    mode: list[bool] = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", mode.append)
+    matmul_tf32 = backends.cuda.matmul.allow_tf32  # a setting monkeypatch cannot restore
+    try:
+        choose_kernels(True, torch.device("cuda", 0))
+        assert (backends.cudnn.deterministic, backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, False, False, False)
+        assert mode == [True] and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        choose_kernels(False, torch.device("cuda", 0))
+        assert (backends.cudnn.deterministic, backends.cudnn.benchmark, backends.cudnn.allow_tf32) == (False, True, True) and mode == [True, False]
+        choose_kernels(True, torch.device("cpu"))  # the CPU is deterministic as it is: nothing changes
+        assert mode == [True, False]
+    finally:
+        backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
+def test_compile_wraps_the_ddp_modules_so_the_all_reduce_overlaps_the_backward(tmp_path: Path) -> None:
+    import torch.distributed as torch_dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        cfg = tiny_config()
+        cfg.train.compile = True
+        t = build_trainer(cfg, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))  # wrap takes the DDP path
+        t.wrap()
+        assert isinstance(t.g_run._orig_mod, DDP) and isinstance(t.d_run._orig_mod, DDP)
+        assert t.g_run._orig_mod.module is t.g and t.d_frozen._orig_mod is t.d  # the G step's D: compiled, no DDP
+    finally:
+        torch_dist.destroy_process_group()
+
+
+def test_losses_are_fp32_under_bf16_autocast() -> None:
+    from shardgan.train import train_step
+
+    cfg = tiny_config()
+    cfg.model.loss, cfg.train.precision = "hinge", "bf16"
+    t = build_trainer(cfg, ALONE)
+    t.wrap()
+    stats = train_step(t, torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8))
+    assert stats["loss_d"].dtype == stats["loss_g"].dtype == torch.float32
+    with t.autocast():
+        assert t.d(torch.zeros(2, 3, 16, 24)).dtype == torch.float32  # D's logits too
 
 
 def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
@@ -96,15 +137,17 @@ def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_a_cuda_trainer_steps_in_bf16_channels_last_and_reads_its_finite_flag_late() -> None:
+def test_a_cuda_trainer_steps_in_bf16_channels_last_and_its_flags_are_read_one_step_late() -> None:
     from shardgan.train import train_step
 
     cfg = tiny_config()
     world = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
     t = build_trainer(cfg, world)
     t.wrap()
-    assert t.finite.lagged and t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
+    assert t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
     images = torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8)
     stats = train_step(t, images)
     assert all(torch.isfinite(v).all() for v in stats.values()) and stats["loss_d"].is_cuda
-    assert t.finite.push(0, stats) is None and t.finite.now() is None  # finite, read one step late
+    agreement = LateAgreement(world.device)
+    bad = ~torch.isfinite(stats["loss_d"])
+    assert agreement.push(0, bad, [False]) is None and agreement.now() == (0, [False, False])  # finite, read one step late

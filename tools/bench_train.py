@@ -7,6 +7,10 @@ In one run, on the same model, config and train step (augmentation included):
   (c) one full checkpoint write (rank 0: G, D, EMA, optimizers, RNG, loader) in seconds;
   -> checkpoint share = (c) / (training time between checkpoints at the default interval:
      checkpoint.every_steps steps, or checkpoint.every_minutes if that comes first) (target < 1 %)
+  (d) images/s of the real loop (`shardgan.train.train`: loader, step, agreement, logging and
+      every hook at their defaults) on a split of 8 batches, so it crosses an epoch end every 8
+      steps, read from its metrics.jsonl;
+  -> loop overhead = (b - d) / b: what the hooks and epoch ends cost on top of the bare step
 
 CPU (default): configs/gc7m.toml (88x66) narrowed to ngf = ndf = 16 so a step takes what a
 small model takes on 2 cores, batch 32 from PNG shards, one loader worker.
@@ -39,7 +43,8 @@ from shardgan import distributed as D
 from shardgan import trainer as T
 from shardgan.loader import ShardLoader
 from shardgan.resume import save_checkpoint
-from shardgan.train import train_step
+from shardgan.rundir import read_metrics
+from shardgan.train import train, train_step
 from shardgan.config import CheckpointConfig, load_config
 from shardgan.manifest import Manifest, SplitInfo
 from shardgan.rundir import RunDir
@@ -104,6 +109,18 @@ def checkpoint_s(t: T.Trainer, loader: ShardLoader, directory: Path, repeats: in
     return statistics.median(times)
 
 
+def loop_images_per_s(preset: Path, overrides: list[str], work: Path, batch: int, image_format: str, steps: int) -> float:
+    """Images/s of the real training loop on a split of 8 batches (an epoch end every 8 steps):
+    the median of its log lines after the first two (warm-up, compilation)."""
+    base = load_config(preset, overrides)
+    small = work / "small_shards"
+    write_dataset(small, batch * 8, batch * 2, base.model.width, base.model.height, image_format, 4)
+    extra = [f"data.shards={small}", f"run.root={work / 'runs'}", "run.name=loop", f"train.max_steps={steps}", "train.log_every_steps=10"]
+    rd, _ = train(load_config(preset, [*overrides, *extra]))
+    rates = [r["images_per_s"] for r in read_metrics(rd.metrics) if "images_per_s" in r][2:]
+    return statistics.median(rates)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -145,9 +162,10 @@ def main() -> None:
         synthetic_again = steps_per_s(t, synthetic_batches(loader, 16), 2, steps)  # drift check
         synthetic = max(synthetic, synthetic_again)
         ckpt_s = checkpoint_s(t, loader, Path(tmp) / "runs", 3 if args.quick else 5)
+        loop = loop_images_per_s(ROOT / "configs" / f"{preset}.toml", overrides[1:], Path(tmp), batch, image_format, max(steps, 60))
 
     defaults = CheckpointConfig()
-    interval_s = min(defaults.every_steps / real, 60 * defaults.every_minutes)
+    interval_s = min(defaults.every_steps / real if defaults.every_steps else float("inf"), 60 * defaults.every_minutes)
     figures = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "preset": preset + ("" if cuda else " ngf=ndf=16"),
@@ -162,11 +180,14 @@ def main() -> None:
         "checkpoint_s": round(ckpt_s, 4),
         "checkpoint_interval_s": round(interval_s, 1),
         "checkpoint_share_pct": round(100 * ckpt_s / interval_s, 4),
+        "images_per_s_real_loop": round(loop, 1),
+        "loop_overhead_pct": round(100 * max(0.0, synthetic * batch - loop) / (synthetic * batch), 2),
     }
     print(f"real loader : {real:8.2f} steps/s  {real * batch:10.1f} img/s")
     print(f"synthetic   : {synthetic:8.2f} steps/s  {synthetic * batch:10.1f} img/s")
     print(f"loader overhead: {figures['loader_overhead_pct']:.2f} % (target <= 5 %)")
     print(f"checkpoint: {ckpt_s:.3f} s every {interval_s:.0f} s -> {figures['checkpoint_share_pct']:.4f} % of training time (target < 1 %)")
+    print(f"real loop   : {loop:10.1f} img/s with its hooks, an epoch end every 8 steps -> {figures['loop_overhead_pct']:.2f} % over the bare step")
     print(json.dumps(figures))
 
 

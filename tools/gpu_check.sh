@@ -1,115 +1,107 @@
 #!/usr/bin/env bash
-# One-shot trainer check on a lent GPU machine (H100/H200); run from anywhere:
-#     OUT=/some/dir bash tools/gpu_check.sh
-# 1. python: a venv that sees the system's packages (reuses a CUDA torch 2.14.1 if installed,
-#    else pip installs the pinned one), `pip install -e .`;
-# 2. raw 88x66 shards (pack's format) generated locally, nothing downloaded;
-# 3. a short GC7M training through `torchrun --nproc_per_node=1` with bf16 autocast,
-#    channels_last and torch.compile: checks the nccl process group and the run outputs,
-#    then a SIGTERM + resume on the GPU;
-# 4. tools/bench_train.py --device cuda: images/s fed by the real loader from raw shards vs
-#    synthetic batches (target >= 20,000 img/s on one H100, loader overhead <= 5 %).
-# Everything lands in $OUT (default ./gpu_check_out); the last line of $OUT/summary.json
-# style output is printed at the end. Budget: ~10 minutes in all.
+# One command for a lent GPU machine (one H200): ends within 8 minutes, writes one tarball,
+# $OUT/gpu_check.tar.gz, and prints its summary.json last.
+#     OUT=/some/dir bash tools/gpu_check.sh            # on the GPU machine
+#     OUT=/tmp/x bash tools/gpu_check.sh --cpu-dry-run  # every part, tiny sizes, on the CPU (a test runs it)
+# Parts, each under its own time limit (seconds on the GPU, 470 in all; a part over it is marked
+# failed and the check goes on):
+#   1 versions    45  torch/CUDA/nccl/bf16, which torchrun flags exist, compile == eager; pytest -m gpu
+#   2 syncs       35  CUDA sync debug mode over 10 ordinary steps of the real step and hooks
+#                     (expect 0 warnings), then a profile: kernels per step, GPU busy %
+#   3 speed      190  img/s of GC7M and 3CK2 at batch 256 and 512 through the real loop and hooks:
+#                     eager vs compile (at 256), channels_last on and off (at 256), bf16; recompiles counted
+#   4 loop        30  the real loop over an 8-batch split (an epoch end every 8 steps)
+#   5 exact       80  two ranks on one GPU over gloo with CUDA tensors: straight vs SIGTERM +
+#                     resume, bit for bit, deterministic and default mode, and the cost of the former
+#   6 swd         20  SWD's reference and one evaluation at 512 and 2,048 images on the GPU
+#   7 loader      20  bench_loader: raw/jpg/png samples/s with 1, 4, 8 and 16 workers
+#   8 pack        20  bench_pack: pack scaling with 1, 2, 4, 8 and 16 workers
+# Python: the machine's python3 (it holds a CUDA torch) plus the wheels it lacks, carried in
+# .whl/ (webdataset, braceexpand, simplejpeg, torchinfo: `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 -d .whl ...`); $PYTHON overrides it (the dry run uses the test's).
 set -uo pipefail
 
+DRY=0
+[ "${1:-}" = "--cpu-dry-run" ] && DRY=1
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${OUT:-$PWD/gpu_check_out}"
-WORK="${WORK:-$(mktemp -d /tmp/shardgan_gpu.XXXXXX)}"
-mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/shardgan_gpu.XXXXXX)"
+RESULTS="$OUT/gpu_check"
+mkdir -p "$RESULTS"
 cd "$REPO"
-exec > >(tee "$OUT/gpu_check.log") 2>&1
-STATUS=()
-note() { echo "== $(date -u +%H:%M:%S) $*"; }
-check() { local name=$1; shift; if "$@"; then STATUS+=("\"$name\": \"ok\""); else STATUS+=("\"$name\": \"FAILED ($?)\""); fi; }
-
-note "machine"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-head -15 "$OUT/nvidia-smi.txt"
-nproc
-
-note "python environment"
-# The lent GPU machines reach no package registry: use their python3 (it holds a CUDA torch) and
-# the pure-python wheels it lacks (webdataset, braceexpand, torchinfo), carried in .whl/ (see the
-# device notes: `pip download --no-deps --only-binary=:all: ... -d .whl webdataset==1.0.2
-# braceexpand torchinfo==1.8.0`). Elsewhere, a venv and `pip install -e .`.
+exec > >(tee "$RESULTS/gpu_check.log") 2>&1
+export PY="${PYTHON:-python3}" WORK
 if compgen -G ".whl/*.whl" > /dev/null; then
-  PY=python3
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .whl/*.whl
   export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 else
-  VENV="$WORK/venv"
-  python3 -m venv --system-site-packages "$VENV" && PY="$VENV/bin/python" || PY=python3
-  "$PY" -m pip install --quiet --disable-pip-version-check -e . 2>&1 | tail -5
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" - <<'EOF' | tee "$OUT/versions.txt"
-import torch, torchvision
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-print("torchvision", torchvision.__version__)
-print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
-print("nccl", torch.cuda.nccl.version() if torch.cuda.is_available() else "none")
-EOF
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}" PYTHONUNBUFFERED=1
+DRYFLAG=(); [ "$DRY" = 1 ] && DRYFLAG=(--cpu-dry-run)
+STATUS=()
 
-note "raw shards (GC7M size 88x66)"
-DATA="$WORK/shards"
-"$PY" - "$DATA" <<'EOF'
-import sys
-from pathlib import Path
-sys.path.insert(0, "tools")
-from bench_train import write_dataset
-write_dataset(Path(sys.argv[1]), 262144, 2048, 88, 66, "raw")  # 8 shards written, the rest hard links
-print("wrote", sys.argv[1])
-EOF
-
-RUNS="$WORK/runs"
-TRAIN=(--config configs/gc7m.toml "data.shards=$DATA" "run.root=$RUNS" data.batch_size=256 data.num_workers=8
-       train.compile=true train.channels_last=true train.precision=bf16 train.log_every_steps=20
-       train.sample_every_steps=100 checkpoint.every_steps=100 checkpoint.keep_last=2)
-
-train_short() {
-  note "torchrun --nproc_per_node=1: 300 GC7M steps, bf16 + channels_last + compile"
-  timeout 240 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m shardgan.train "${TRAIN[@]}" \
-      run.name=gc7m train.max_steps=300 2> "$OUT/train_gc7m.stderr"
+part() {  # part NAME SECONDS COMMAND...: run it under its limit, its output in $RESULTS/NAME.txt
+  local name=$1 limit=$2; shift 2
+  echo "== $(date -u +%H:%M:%S) $name (limit ${limit} s)"
+  if declare -F "$1" > /dev/null; then  # a function of this script: run in a bash of its own, under the limit
+    timeout -k 10 "$limit" bash -c "$(declare -f "$1"); $1" > "$RESULTS/$name.txt" 2>&1
+  else
+    timeout -k 10 "$limit" "$@" > "$RESULTS/$name.txt" 2>&1
+  fi
   local rc=$?
-  tr '\r' '\n' < "$OUT/train_gc7m.stderr" | grep -v 'img/s' | tail -20
-  grep -q "process group backend nccl" "$RUNS/gc7m/train.log" || { echo "no nccl process group"; return 9; }
-  return $rc
+  if [ "$rc" = 0 ]; then STATUS+=("\"$name\": \"ok\""); else STATUS+=("\"$name\": \"failed (rc $rc)\""); fi
+  tail -4 "$RESULTS/$name.txt"
 }
-check train_gc7m_torchrun_nccl train_short
-mkdir -p "$OUT/run_gc7m"
-cp -r "$RUNS/gc7m/"{config.toml,architecture.txt,train.log,metrics.jsonl,train_batch.png,loss_curve.png,samples} "$OUT/run_gc7m/" 2>/dev/null
-tail -3 "$RUNS/gc7m/metrics.jsonl" 2>/dev/null
 
-sigterm_resume() {
-  note "SIGTERM at a step boundary on the GPU, then resume to 200 steps"
-  "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m shardgan.train "${TRAIN[@]}" \
-      run.name=sigterm train.max_steps=100000 train.compile=false 2> "$OUT/sigterm.stderr" &
-  local pid=$!
-  for _ in $(seq 1 600); do [ -f "$RUNS/sigterm/checkpoints/step_00000100.json" ] && break; sleep 0.2; done
-  pkill -TERM -P "$pid" -f shardgan.train  # the worker (child of this torchrun) gets the signal
-  wait "$pid"; local rc=$?
-  grep -h "stopped by signal" "$RUNS/sigterm/train.log" || return 8
-  timeout 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m shardgan.train "${TRAIN[@]}" \
-      run.name=sigterm train.max_steps=200 train.compile=false 2>> "$OUT/sigterm.stderr" || return $?
-  grep -h "resumed from" "$RUNS/sigterm/train.log" || return 7
-  return $rc
+versions() {
+  nvidia-smi 2>/dev/null | head -15
+  "$PY" - <<'PYEOF'
+import json, subprocess, sys
+import torch
+cuda = torch.cuda.is_available()
+help_text = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True, text=True).stdout
+found = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available": cuda, "nproc": __import__("os").cpu_count(),
+         "device": torch.cuda.get_device_name() if cuda else "cpu", "nccl": ".".join(map(str, torch.cuda.nccl.version())) if cuda else None,
+         "bf16": torch.cuda.is_bf16_supported() if cuda else None,
+         "torchrun_flags": {f: f in help_text for f in ("--signals_to_handle", "--shutdown_timeout", "--local-ranks-filter")}}
+if cuda:  # compile correctness: the GC7M generator compiled against eager, fp32
+    from shardgan.config import load_config
+    from shardgan.models import build_models
+    g = build_models(load_config("configs/gc7m.toml").model, 0)[0].cuda().eval()
+    z = torch.randn(64, 100, 1, 1, device="cuda")
+    with torch.no_grad():
+        found["compile_max_abs_diff"] = float((torch.compile(g)(z) - g(z)).abs().max())
+print(json.dumps({"versions": found}))
+PYEOF
 }
-check sigterm_checkpoint_resume_gpu sigterm_resume
 
-note "bench_train.py --device cuda (real loader from raw shards vs synthetic batches)"
-for batch in 256 1024; do
-  timeout 240 "$PY" tools/bench_train.py --device cuda --shards "$DATA" --batch-size "$batch" --workers 8 > "$OUT/bench_train_gpu_b$batch.txt" 2>&1
-  echo "batch $batch: rc=$?"; tail -6 "$OUT/bench_train_gpu_b$batch.txt"
+part versions $((DRY ? 120 : 45)) versions
+part pytest_gpu $((DRY ? 180 : 30)) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py tests/test_train.py tests/test_loader.py
+for name in syncs speed loop exact swd; do
+  case $name in syncs) limit=35 ;; speed) limit=190 ;; loop) limit=30 ;; exact) limit=80 ;; swd) limit=20 ;; esac
+  [ "$DRY" = 1 ] && limit=300  # a shared CPU is slower than the GPU at everything
+  part "$name" "$limit" "$PY" tools/gpu_check.py "$name" --work "$WORK" "${DRYFLAG[@]}"
 done
-check bench_gpu_b256 grep -q '^{' "$OUT/bench_train_gpu_b256.txt"
+if [ "$DRY" = 1 ]; then
+  part loader 300 "$PY" tools/bench_loader.py --frames 64 --rounds 1 --workers 1 --batch-size 16 --work "$WORK/loader"
+  part pack 300 "$PY" tools/bench_pack.py --frames 16 --rounds 1
+else
+  loader() { for w in 1 4 8 16; do "$PY" tools/bench_loader.py --frames 3000 --rounds 1 --workers "$w" --batch-size 256 --work "$WORK/loader" | tail -1 || return; done; }
+  part loader 20 loader
+  part pack 20 "$PY" tools/bench_pack.py --frames 160 --rounds 1 --workers 2,4,8,16
+fi
 
-note "summary"
 {
-  echo "{"; printf '  %s,\n' "${STATUS[@]}"
-  b256=$(grep '^{' "$OUT/bench_train_gpu_b256.txt" | tail -1); b1024=$(grep '^{' "$OUT/bench_train_gpu_b1024.txt" | tail -1)
-  echo "  \"bench_b256\": ${b256:-null},"
-  echo "  \"bench_b1024\": ${b1024:-null}"
+  echo "{"
+  printf '  %s,\n' "${STATUS[@]}"
+  for f in "$RESULTS"/*.txt; do
+    line=$(grep '^{' "$f" | tail -1)
+    [ -n "$line" ] && echo "  \"$(basename "$f" .txt)_figures\": $line,"
+  done
+  echo "  \"dry_run\": $([ "$DRY" = 1 ] && echo true || echo false)"
   echo "}"
-} > "$OUT/summary.json"
-cat "$OUT/summary.json"
-rm -rf "$WORK/shards" "$RUNS"
+} > "$RESULTS/summary.json"
+cat "$RESULTS/summary.json"
+tar czf "$OUT/gpu_check.tar.gz" -C "$OUT" gpu_check && rm -rf "$RESULTS"
+rm -rf "$WORK"

@@ -22,9 +22,9 @@ SBATCH = ROOT / "tools" / "slurm" / "train.sbatch"
 
 
 def stand_ins(directory: Path) -> Path:
-    """`srun` runs its command; `scontrol` names this host and logs requeues."""
+    """`srun` runs its command (after its options); `scontrol` names this host and logs requeues."""
     directory.mkdir()
-    (directory / "srun").write_text('#!/bin/bash\nexec "$@"\n')
+    (directory / "srun").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')  # its options, then the command
     (directory / "scontrol").write_text('#!/bin/bash\ncase "$1" in\n  show) echo 127.0.0.1 ;;\n  *) echo "$@" >> "$SCONTROL_LOG" ;;\nesac\n')
     for f in directory.iterdir():
         f.chmod(0o755)
@@ -50,3 +50,37 @@ def test_time_limit_signal_to_the_batch_shell_checkpoints_requeues_and_resumes(t
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert requeues.read_text() == "requeue 4242\n"  # a run that finished is not requeued
     assert_same_final(straight_ddp, run)
+
+
+def launch_stand_ins(directory: Path, torchrun_help: str) -> Path:
+    """`srun` logs its arguments and runs the rest; `torchrun` answers --help with `torchrun_help`
+    and otherwise logs its arguments; `scontrol` names this host."""
+    directory.mkdir()
+    (directory / "srun").write_text('#!/bin/bash\necho "srun $*" >> "$LAUNCH_LOG"\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    (directory / "torchrun").write_text(f'#!/bin/bash\nif [ "$1" = --help ]; then echo "{torchrun_help}"; exit 0; fi\necho "torchrun $*" >> "$LAUNCH_LOG"\n')
+    (directory / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
+    for f in directory.iterdir():
+        f.chmod(0o755)
+    return directory
+
+
+NEW_TORCHRUN = "usage: torchrun [--signals-to-handle SIGNALS_TO_HANDLE, --signals_to_handle SIGNALS_TO_HANDLE] [--shutdown-timeout, --shutdown_timeout T]"
+
+
+@pytest.mark.parametrize("torchrun_help", [NEW_TORCHRUN, "usage: torchrun [--nnodes NNODES]"], ids=["torch-with-the-flags", "older-torch"])
+def test_the_job_step_gets_its_cpus_a_port_of_its_own_and_only_flags_torchrun_has(tmp_path: Path, torchrun_help: str) -> None:
+    bin_dir = launch_stand_ins(tmp_path / "bin", torchrun_help)
+    log = tmp_path / "launch.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LAUNCH_LOG": str(log), "SLURM_JOB_ID": "4242",
+           "SLURM_JOB_NODELIST": "node1", "SLURM_CPUS_PER_TASK": "48", "SLURM_GPUS_ON_NODE": "8"}  # fmt: skip
+    env.pop("MASTER_PORT", None)
+    done = subprocess.run(["bash", str(SBATCH), "--config", "configs/gc7m.toml"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    srun, torchrun = log.read_text().splitlines()
+    assert srun.startswith("srun --cpus-per-task=48 torchrun ")
+    args = torchrun.split()
+    assert "--rdzv-endpoint=127.0.0.1:24242" in args and "--nproc_per_node=8" in args  # 20000 + job id % 40000
+    assert args[-3:] == ["shardgan.train", "--config", "configs/gc7m.toml"]
+    has_flags = torchrun_help == NEW_TORCHRUN
+    assert ("--signals_to_handle=SIGTERM,SIGINT,SIGUSR1" in args) == has_flags and ("--shutdown_timeout=300" in args) == has_flags
+    assert ("no --signals_to_handle" in done.stderr) == (not has_flags)
