@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,26 @@ def build_dataset(
 def frames_dir(tmp_path: Path) -> Path:
     write_frames(tmp_path / "frames", 40)
     return tmp_path / "frames"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawned_ranks(target: Callable[..., None], *args: object, world_size: int = 2, timeout: float = 180) -> tuple[list, list[int | None]]:
+    """`target(rank, port, results, *args)` in `world_size` spawned processes that form a gloo group
+    on 127.0.0.1, each putting one result that begins with its rank: the results in rank order,
+    and the processes' exit codes."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    ranks = [ctx.Process(target=target, args=(r, port, results, *args)) for r in range(world_size)]
+    for process in ranks:
+        process.start()
+    got = sorted((results.get(timeout=timeout) for _ in ranks), key=lambda r: r[0])
+    for process in ranks:
+        process.join(60)
+    return got, [process.exitcode for process in ranks]
+

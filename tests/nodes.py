@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, free_port
 from .trainer_runs import process_tree
 
 EPOCH_SCRIPT = """
@@ -98,12 +98,6 @@ def elastic_timeline(run: Path) -> tuple[list[int], list[str]]:
                 if end is None or row["step"] <= end:
                     keys += row["keys"]
     return [a["world_size"] for a in attempts], keys
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Nodes:

@@ -11,7 +11,7 @@ import torch
 
 import shardgan.distributed as dist
 from shardgan.errors import ConfigError
-from tests.test_resume import free_port
+from tests.conftest import spawned_ranks
 
 CPU = torch.device("cpu")
 
@@ -89,16 +89,8 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
 
 @pytest.mark.multiproc
 def test_two_gloo_ranks_agree() -> None:
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    ranks = [ctx.Process(target=_rank, args=(r, port, results)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    got = sorted(results.get(timeout=120) for _ in ranks)
-    for process in ranks:
-        process.join(60)
-        assert process.exitcode == 0
+    got, exitcodes = spawned_ranks(_rank, timeout=120)
+    assert exitcodes == [0, 0]
     for rank, world_size, backend, any_, all_, sums, gathered, broadcast, late in got:
         assert (world_size, backend) == (2, "gloo"), rank
         assert any_ == [True, False] and all_ is False  # rank 1's True reaches rank 0; rank 1's False fails "all"
@@ -133,16 +125,7 @@ def _slow_main(rank: int, port: int, results: multiprocessing.Queue, heartbeats:
 
 
 def two_slow_ranks(heartbeats: bool) -> list[tuple[int, str | None]]:
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    ranks = [ctx.Process(target=_slow_main, args=(r, port, results, heartbeats)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    got = sorted(results.get(timeout=120) for _ in ranks)
-    for process in ranks:
-        process.join(60)
-    return got
+    return spawned_ranks(_slow_main, heartbeats, timeout=120)[0]
 
 
 @pytest.mark.multiproc

@@ -176,7 +176,7 @@ SLOW_EVAL_S, TIMEOUT_S = 10.0, 4
 """Rank 0's saves and start-up must fit in the timeout (only evaluation is exempt), hence 4 s."""
 
 
-def _slow_evaluation_rank(rank: int, port: int, args: list[str], results) -> None:
+def _slow_evaluation_rank(rank: int, port: int, results, args: list[str]) -> None:
     """One rank of a 2-rank gloo run whose every evaluation takes SLOW_EVAL_S more (on rank 0)."""
     import os
     import time
@@ -207,24 +207,13 @@ def _slow_evaluation_rank(rank: int, port: int, args: list[str], results) -> Non
 def test_evaluations_longer_than_the_collective_timeout_do_not_stop_the_run(tmp_path: Path) -> None:
     """Each SWD evaluation on rank 0 takes over twice train.collective_timeout_s: rank 1 waits in
     heartbeats, both ranks finish, and the scores are logged."""
-    import multiprocessing
-
-    from tests.conftest import build_dataset
-    from tests.test_resume import free_port
+    from tests.conftest import build_dataset, spawned_ranks
     from tests.trainer_runs import train_args
 
     shards = tmp_path / "shards"
     build_dataset(shards, [20, 20], width=24, height=16, val_sizes=(8,))
     run = tmp_path / "runs" / "slow_eval"
     args = train_args(shards, run, "data.batch_size=4", "train.max_steps=4", "eval.every_steps=2", "eval.num_images=8", f"train.collective_timeout_s={TIMEOUT_S}")
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    ranks = [ctx.Process(target=_slow_evaluation_rank, args=(r, port, args, results)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    got = sorted(results.get(timeout=180) for _ in ranks)
-    for process in ranks:
-        process.join(60)
+    got, _ = spawned_ranks(_slow_evaluation_rank, args)
     assert got == [(0, 0), (1, 0)]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "swd" in r] == [2, 4]

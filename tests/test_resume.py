@@ -8,7 +8,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from shardgan.config import Config
 from shardgan.resume import CHANGE_POLICY
 from shardgan.rundir import read_metrics
 from shardgan.stop import EXIT_STOPPED
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, free_port
 from tests.trainer_runs import CONFIG, ENV, STEPS, TORCHRUN, assert_same_final, checkpoint_exists, newest, refused_resume, train_inprocess, wait_for
 
 
@@ -79,12 +78,6 @@ def test_rerunning_the_identical_command_resumes_its_run(tiny_shards: Path, stra
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"resumed from \S+ at step \d+ \(", done.stderr)
     assert_same_final(straight, run)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.multiproc

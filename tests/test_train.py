@@ -294,20 +294,10 @@ def _ddp_rank(rank: int, port: int, results) -> None:
 def test_ddp_all_reduces_ds_gradient_through_the_penalties_double_backward() -> None:
     """Two real gloo ranks, different batches: D's gradients (penalties included) are all-reduced,
     so both ranks hold the same D after every step."""
-    import multiprocessing
+    from tests.conftest import spawned_ranks
 
-    from tests.test_resume import free_port
-
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    ranks = [ctx.Process(target=_ddp_rank, args=(r, port, results)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    (_, params0, grads0, r1_0), (_, params1, grads1, r1_1) = sorted((results.get(timeout=120) for _ in ranks), key=lambda r: r[0])
-    for process in ranks:
-        process.join(60)
-        assert process.exitcode == 0
+    ((_, params0, grads0, r1_0), (_, params1, grads1, r1_1)), exitcodes = spawned_ranks(_ddp_rank, timeout=120)
+    assert exitcodes == [0, 0]
     assert r1_0 != r1_1  # each rank penalized its own batch
     for step_grads0, step_grads1 in zip(grads0, grads1):
         assert all((a == b).all() and a.any() for a, b in zip(step_grads0, step_grads1))
@@ -331,7 +321,7 @@ DEVICE_READS = ("item", "tolist", "__bool__", "cpu", "numpy")
 SHARDGAN_DIR = str(Path(ckpt.__file__).parent)
 
 
-def _count_device_reads(rank: int, port: int, args: list[str], results) -> None:
+def _count_device_reads(rank: int, port: int, results, args: list[str]) -> None:
     """One rank of a 2-rank gloo run that records, per step, every call shardgan's own code makes
     that reads a tensor on the host (DEVICE_READS), builds a tensor on a device from Python values
     (torch.tensor with a device) or starts an all-reduce."""
@@ -383,20 +373,10 @@ def test_an_ordinary_step_reads_the_device_once_and_only_an_earlier_steps_flags(
     reads exactly one tensor on the host, the agreed flags of the step before (distributed.py's
     LateAgreement), builds no tensor on a device from Python values and starts one all-reduce
     (two at ADA's steps, whose sum stays on the device)."""
-    import multiprocessing
+    from tests.conftest import spawned_ranks
 
-    from tests.test_resume import free_port
-
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
     args = train_args(tiny_shards, tmp_path / "reads", "data.batch_size=4", "train.max_steps=20", *extra)
-    port = free_port()
-    ranks = [ctx.Process(target=_count_device_reads, args=(r, port, args, results)) for r in range(2)]
-    for process in ranks:
-        process.start()
-    got = sorted(results.get(timeout=300) for _ in ranks)
-    for process in ranks:
-        process.join(60)
+    got, _ = spawned_ranks(_count_device_reads, args, timeout=300)
     for rank, code, events in got:
         assert code == 0, rank
         ordinary = [s for s in range(1, 21) if s % 5 != 0]

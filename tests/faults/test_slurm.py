@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT
-from tests.test_resume import free_port
+from tests.conftest import PYTHON, ROOT, free_port
 from tests.trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, train_args, wait_for
 
 pytestmark = pytest.mark.multiproc  # every test here starts Python processes
