@@ -47,6 +47,8 @@ def interrupt(args: list[str], cwd: Path, run: Path, times: int, tmp: Path) -> t
     after the first, inside rank 0's stop checkpoint write), return its exit status and output."""
     marker = tmp / "in_write"
     env = {**ENV, "PYTHONPATH": f"{ROOT}{os.pathsep}{INJECT}", "SHARDGAN_KILL_MARKER": str(marker), "SHARDGAN_PAUSE_IN_WRITE": "0:1"}
+    for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):  # run as from a shell, also when the suite runs under `make test`
+        env.pop(name, None)
     with open(tmp / "out.txt", "w") as out:
         proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
