@@ -149,6 +149,12 @@ def gather_to_main(obj: Any) -> list[Any]:
     return out
 
 
+def first_failure(problem: Any) -> tuple[int, Any] | None:
+    """Collective: each rank's `problem` (falsy where it has none); the lowest rank that has one,
+    with it, on every rank, so that all stop together with the same one line."""
+    return next(((rank, p) for rank, p in enumerate(gather_to_main(problem)) if p), None)
+
+
 def broadcast_from_main(obj: Any) -> Any:
     if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return obj

@@ -185,11 +185,11 @@ def check_shared(rd: RunDir, world: DistInfo) -> None:
         seen = "" if path.read_text() == token else "another run's token"
     except OSError as e:
         seen = e.strerror or type(e).__name__
-    failed = [(rank, r) for rank, r in enumerate(dist.gather_to_main((socket.gethostname(), seen))) if r[1]]
+    failed = dist.first_failure((socket.gethostname(), seen) if seen else None)
     if world.is_main:
         path.unlink(missing_ok=True)
     if failed:
-        rank, (host, reason) = failed[0]
+        rank, (host, reason) = failed
         raise ConfigError(
             f"run directory {rd.root} is not shared: rank {rank} on {host} cannot read what rank 0 wrote there ({reason}); "
             f"run.root must be on a file system every node sees, or the first restart loses the checkpoints"
@@ -218,9 +218,9 @@ def load_chosen(t: Trainer, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:
                 raise CheckpointError(f"{choice.path}: other bytes than rank 0's (a stale copy?)")
         except (CheckpointError, OSError) as e:
             error = str(e)
-    failed = [(rank, e) for rank, e in enumerate(dist.gather_to_main(error)) if e]
+    failed = dist.first_failure(error)
     if failed:
-        rank, reason = failed[0]
+        rank, reason = failed
         raise CheckpointError(f"rank {rank} cannot resume from {choice.path}, the checkpoint rank 0 chose: {reason}")
     return choice, state
 
