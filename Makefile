@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 DATA ?= data/demo_frames
-SHARDS ?= data/demo_shards
+# Your frames pack into a folder of their own (data/<frames folder>_shards), never into the demo's.
+SHARDS ?= $(if $(filter data/demo_frames,$(DATA)),data/demo_shards,data/$(notdir $(abspath $(DATA)))_shards)
 CONFIG ?= configs/demo.toml
 NPROC ?= 2
 RUN ?= demo
