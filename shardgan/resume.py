@@ -55,7 +55,7 @@ CHANGE_POLICY: dict[str, str] = {
     **dict.fromkeys(("checkpoint.resume", "checkpoint.allow_config_change", "run.root", "run.name"), FREE),
     **dict.fromkeys(("eval.every_steps", "eval.num_images", "eval.swd_mode", "eval.fid_weights"), FREE),
 }
-"""Every config key's fate when a resumed run's value differs from its checkpoint's (README table).
+"""Every config key's fate when a resumed run's value differs from its checkpoint's (docs/resume.md's table).
 The data set itself (shard list and contents) is checked by the loader's fingerprint."""
 
 

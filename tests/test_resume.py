@@ -119,9 +119,9 @@ def test_changed_loss_is_refused_with_one_line_and_nothing_changes(tiny_shards: 
     assert "model.loss (bce -> hinge)" in err and "run.name=NEW" in err
 
 
-def test_every_config_key_has_a_resume_policy_and_the_readme_table_states_it() -> None:
+def test_every_config_key_has_a_resume_policy_and_the_docs_table_states_it() -> None:
     keys = {f"{section}.{key}" for section, table in Config().to_dict().items() for key in table}
     assert set(CHANGE_POLICY) == keys
-    readme = (ROOT / "README.md").read_text()
-    table = dict(re.findall(r"^ *\| `([a-z_]+\.[a-z_0-9]+)` \| (\w+) \|", readme, re.MULTILINE))
+    doc = (ROOT / "docs" / "resume.md").read_text()
+    table = dict(re.findall(r"^ *\| `([a-z_]+\.[a-z_0-9]+)` \| (\w+) \|", doc, re.MULTILINE))
     assert table == {k: v for k, v in CHANGE_POLICY.items() if v != "free"}
