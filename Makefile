@@ -12,7 +12,7 @@ NPROC ?= 2
 RUN ?= demo
 ARGS ?=
 # `make train` on your own frames and GPUs, e.g.:
-#   make train DATA=~/sm64_frames SHARDS=data/sm64_shards SIZE=88x66 VAL=2000 CONFIG=configs/gc7m.toml NPROC=8 RUN=sm64
+#   make train DATA=~/sm64_frames SIZE=88x66 VAL=2000 CONFIG=configs/gc7m.toml NPROC=8 RUN=sm64
 SIZE ?= 64x48
 VAL ?= 256
 DEMO_FRAMES := data/demo_frames
