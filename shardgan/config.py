@@ -228,7 +228,8 @@ DIFFAUGMENT_OPS = ("translation", "cutout", "color")
 class DiffAugmentConfig:
     """Differentiable augmentation in front of D (DiffAugment; ADA's adaptive probability).
     Unlike data.translate_px/color_jitter (reals only), it is applied to reals and fakes alike,
-    in the D step and in the G step, so G is not pushed to reproduce it."""
+    in the D step and in the G step, so G is not pushed to reproduce it. The [diffaugment]
+    section; its old name [augment] still loads (configfile.RENAMED_SECTIONS)."""
 
     policy: str = ""
     """Comma-separated subset of translation, cutout, color; empty: D sees the images as they are."""
