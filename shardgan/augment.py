@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import AUGMENT_OPS, AugmentConfig, DataConfig
+from .config import DIFFAUGMENT_OPS, DataConfig, DiffAugmentConfig
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R 601 luma, the weights torchvision's ColorJitter uses."""
@@ -105,9 +105,9 @@ def hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 # reals and image i of the fakes get the same shift, cutout and colour change.
 
 def parse_policy(policy: str) -> tuple[str, ...]:
-    """"cutout, translation" -> ("translation", "cutout"); "" -> (). Order: AUGMENT_OPS (config checked the names)."""
+    """"cutout, translation" -> ("translation", "cutout"); "" -> (). Order: DIFFAUGMENT_OPS (config checked the names)."""
     names = {name.strip() for name in policy.split(",")}
-    return tuple(op for op in AUGMENT_OPS if op in names)
+    return tuple(op for op in DIFFAUGMENT_OPS if op in names)
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ class DiffAugment:
         return apply_params(x, params)
 
 
-def build_diff_augment(cfg: AugmentConfig) -> DiffAugment | None:
+def build_diff_augment(cfg: DiffAugmentConfig) -> DiffAugment | None:
     """None when the policy is empty (D sees the images as they are)."""
     ops = parse_policy(cfg.policy)
     if not ops:

@@ -44,7 +44,8 @@ def import_ini_cmd(
 ) -> None:
     """Convert the original project's INI config ([CONFIGS] section) into a shardgan TOML config."""
     from .atomic import write_bytes_atomic
-    from .config import import_ini, to_toml
+    from .configfile import to_toml
+    from .ini import import_ini
 
     text = to_toml(import_ini(ini))
     if out is None:

@@ -1,20 +1,15 @@
-"""Typed run configuration: defaults < TOML file < `section.key=value` overrides.
+"""Typed run configuration: one dataclass per TOML section, each key documented below it and
+range-checked when the section is built, so an impossible value stops at start-up.
 
-One dataclass per TOML section. Unknown keys and wrong types are refused with a
-did-you-mean, so a typo never silently trains with a default.
+Reading a TOML file and overrides into a Config (and writing one back) is configfile.py's job;
+the original project's INI, ini.py's.
 """
 
 from __future__ import annotations
 
-import configparser
 import dataclasses
-import difflib
-import json
 import re
-import tomllib
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -225,15 +220,16 @@ class TrainConfig:
         _check(self.backend in ("auto", "gloo"), "train.backend must be auto or gloo")
 
 
-AUGMENT_OPS = ("translation", "cutout", "color")
-"""The differentiable augmentations `augment.policy` may list (applied in this order)."""
+DIFFAUGMENT_OPS = ("translation", "cutout", "color")
+"""The differentiable augmentations `diffaugment.policy` may list (applied in this order)."""
 
 
 @dataclass
-class AugmentConfig:
+class DiffAugmentConfig:
     """Differentiable augmentation in front of D (DiffAugment; ADA's adaptive probability).
     Unlike data.translate_px/color_jitter (reals only), it is applied to reals and fakes alike,
-    in the D step and in the G step, so G is not pushed to reproduce it."""
+    in the D step and in the G step, so G is not pushed to reproduce it. The [diffaugment]
+    section; its old name [augment] still loads (configfile.RENAMED_SECTIONS)."""
 
     policy: str = ""
     """Comma-separated subset of translation, cutout, color; empty: D sees the images as they are."""
@@ -253,14 +249,14 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         ops = [op.strip() for op in self.policy.split(",") if op.strip()]
-        unknown = [op for op in ops if op not in AUGMENT_OPS]
-        _check(not unknown, f"augment.policy: unknown {', '.join(unknown)} (choose from {', '.join(AUGMENT_OPS)}, comma-separated)")
-        _check(0.0 <= self.probability <= 1.0, "augment.probability must be in [0, 1]")
-        _check(0.0 < self.translation_ratio <= 0.5, "augment.translation_ratio must be in (0, 0.5]")
-        _check(0.0 < self.cutout_ratio < 1.0, "augment.cutout_ratio must be in (0, 1)")
-        _check(0.0 <= self.ada_target < 1.0, "augment.ada_target must be in [0, 1)")
-        _check(self.ada_interval_steps >= 1, "augment.ada_interval_steps must be >= 1")
-        _check(self.ada_ramp_images >= 1, "augment.ada_ramp_images must be >= 1")
+        unknown = [op for op in ops if op not in DIFFAUGMENT_OPS]
+        _check(not unknown, f"diffaugment.policy: unknown {', '.join(unknown)} (choose from {', '.join(DIFFAUGMENT_OPS)}, comma-separated)")
+        _check(0.0 <= self.probability <= 1.0, "diffaugment.probability must be in [0, 1]")
+        _check(0.0 < self.translation_ratio <= 0.5, "diffaugment.translation_ratio must be in (0, 0.5]")
+        _check(0.0 < self.cutout_ratio < 1.0, "diffaugment.cutout_ratio must be in (0, 1)")
+        _check(0.0 <= self.ada_target < 1.0, "diffaugment.ada_target must be in [0, 1)")
+        _check(self.ada_interval_steps >= 1, "diffaugment.ada_interval_steps must be >= 1")
+        _check(self.ada_ramp_images >= 1, "diffaugment.ada_ramp_images must be >= 1")
 
 
 @dataclass
@@ -322,7 +318,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    diffaugment: DiffAugmentConfig = field(default_factory=DiffAugmentConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -350,147 +346,3 @@ def parse_size(text: str, where: str) -> int:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _coerce(where: str, value: Any, target: type, text: bool) -> Any:
-    """Check a TOML value's type, or parse command-line `text` into the field's type; say why not.
-    TOML has types of its own, so `hflip = "yes"` or `width = "64"` there is refused, not guessed."""
-    if text and isinstance(value, str) and target is not str:
-        text = value.strip()
-        if target is bool:
-            if text.lower() in ("true", "1", "yes", "on"):
-                return True
-            if text.lower() in ("false", "0", "no", "off"):
-                return False
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        try:
-            return target(text)
-        except ValueError:
-            raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}") from None
-    if target is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is not target:
-        raise ConfigError(f"{where}: expected {target.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _merge(raw: dict[str, dict[str, Any]], updates: dict[str, Any], origin: str, text: bool = False) -> None:
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    for name, table in updates.items():
-        if name not in sections:
-            raise ConfigError(f"{origin}: unknown section [{name}]{_did_you_mean(name, list(sections))}")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{origin}: [{name}] must be a table of keys")
-        hints = typing.get_type_hints(typing.get_type_hints(Config)[name])
-        for key, value in table.items():
-            if key not in hints:
-                raise ConfigError(
-                    f"{origin}: unknown key {name}.{key}{_did_you_mean(key, list(hints))}"
-                )
-            raw.setdefault(name, {})[key] = _coerce(f"{origin}: {name}.{key}", value, hints[key], text)
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
-    """`["train.batch_size=256"]` -> `{"train": {"batch_size": "256"}}` (types checked later)."""
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not section or not name:
-            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. data.batch_size=256")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
-def build_config(raw: dict[str, dict[str, Any]]) -> Config:
-    hints = typing.get_type_hints(Config)
-    return Config(**{name: hints[name](**raw.get(name, {})) for name in hints})
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file, then overrides; every key validated."""
-    raw: dict[str, dict[str, Any]] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            with path.open("rb") as f:
-                table = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: invalid TOML: {e}") from None
-        _merge(raw, table, str(path))
-    _merge(raw, parse_overrides(overrides or []), "command line", text=True)
-    cfg = build_config(raw)
-    if not cfg.run.name:
-        cfg.run.name = path.stem if path is not None else "default"
-    return cfg
-
-
-def config_from_dict(table: dict[str, dict[str, Any]], origin: str = "checkpoint", overrides: list[str] | None = None) -> Config:
-    """A config saved as a dict (in a checkpoint), with `section.key=value` overrides on top."""
-    raw: dict[str, dict[str, Any]] = {}
-    _merge(raw, table, origin)
-    _merge(raw, parse_overrides(overrides or []), "command line", text=True)
-    return build_config(raw)
-
-
-def to_toml(cfg: Config) -> str:
-    """Serialize to TOML (flat sections of scalars, so a tiny writer suffices)."""
-    lines: list[str] = []
-    for section, table in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {json.dumps(value)}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-INI_KEYS = {
-    "dataroot": ("data", "shards"),
-    "workers": ("data", "num_workers"),
-    "batch_size": ("data", "batch_size"),
-    "image_width": ("model", "width"),
-    "image_height": ("model", "height"),
-    "num_channels": ("model", "channels"),
-    "latent_vector_size": ("model", "nz"),
-    "ngf": ("model", "ngf"),
-    "ndf": ("model", "ndf"),
-    "num_epochs": ("train", "epochs"),
-    "lr": ("optim", "lr_g"),
-    "beta1": ("optim", "beta1"),
-    "output_dir": ("run", "root"),
-}
-
-
-def import_ini(path: str | Path) -> Config:
-    """Turn the original project's model_config.ini ([CONFIGS]) into a Config.
-
-    `ngpu` has no equivalent (use torchrun --nproc_per_node); lr sets both lr_g and lr_d.
-    """
-    parser = configparser.ConfigParser()
-    try:
-        if not parser.read(path):
-            raise ConfigError(f"INI file not found: {path}")
-    except configparser.Error as e:
-        raise ConfigError(f"{path}: invalid INI: {e}".splitlines()[0]) from None
-    if "CONFIGS" not in parser:
-        raise ConfigError(f"{path}: no [CONFIGS] section (the original project's model_config.ini has one)")
-    updates: dict[str, dict[str, str]] = {}
-    for key, value in parser["CONFIGS"].items():
-        if key == "ngpu":
-            continue
-        if key not in INI_KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r}{_did_you_mean(key, list(INI_KEYS))}")
-        section, name = INI_KEYS[key]
-        updates.setdefault(section, {})[name] = value
-        if key == "lr":
-            updates["optim"]["lr_d"] = value
-    raw: dict[str, dict[str, Any]] = {}
-    _merge(raw, updates, str(path), text=True)
-    return build_config(raw)

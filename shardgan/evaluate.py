@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import Config, DataConfig, config_from_dict
+from .config import Config, DataConfig
+from .configfile import config_from_dict
 from .generate import Chosen, choose_checkpoint, generate_images, generator_from_state
 from .reader import sample_images
 from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance

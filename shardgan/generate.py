@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .config import config_from_dict
+from .configfile import config_from_dict
 from .errors import CheckpointError
 from .models import Generator, choose_layout
 from .rundir import RunDir, read_metrics

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .atomic import write_bytes_atomic
-from .config import to_toml
+from .configfile import to_toml
 from .errors import ConfigError, NonFiniteLossError, ShardganError
 from .evaluate import Evaluator
 from .generate import best_checkpoint
@@ -97,7 +97,7 @@ class CollapseWatchdog:
             return (
                 f"collapse watchdog at step {step}: D has won (D(x) > {D_WINS_REAL}, D(G(z)) < {D_WINS_FAKE}) for {self.logs_in_a_row} "
                 "log lines in a row, so G learns little; try model.loss=rpgan with optim.r1_gamma and r2_gamma (docs/losses.md), "
-                "augment.policy or a lower optim.lr_d"
+                "diffaugment.policy or a lower optim.lr_d"
             )
         return (
             f"collapse watchdog at step {step}: mode collapse: the samples are {record['diversity']:.2f} as far apart as the real "

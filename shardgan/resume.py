@@ -22,7 +22,8 @@ from typing import Any
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .atomic import write_bytes_atomic
-from .config import Config, config_from_dict
+from .config import Config
+from .configfile import config_from_dict
 from .distributed import DistInfo
 from .errors import CheckpointError, ConfigError
 from .loader import ShardLoader
@@ -42,8 +43,8 @@ CHANGE_POLICY: dict[str, str] = {
     **dict.fromkeys(("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2", "train.ema_decay"), APPLIED),
     **dict.fromkeys(("optim.r1_gamma", "optim.r2_gamma", "optim.penalty_every_steps"), APPLIED),
     **dict.fromkeys(("data.translate_px", "data.color_jitter", "data.hflip"), APPLIED),
-    **dict.fromkeys(("augment.policy", "augment.probability", "augment.translation_ratio", "augment.cutout_ratio"), APPLIED),
-    **dict.fromkeys(("augment.ada_target", "augment.ada_interval_steps", "augment.ada_ramp_images"), APPLIED),
+    **dict.fromkeys(("diffaugment.policy", "diffaugment.probability", "diffaugment.translation_ratio", "diffaugment.cutout_ratio"), APPLIED),
+    **dict.fromkeys(("diffaugment.ada_target", "diffaugment.ada_interval_steps", "diffaugment.ada_ramp_images"), APPLIED),
     **dict.fromkeys(("train.device", "train.precision", "train.channels_last", "train.compile", "data.decode_device"), APPLIED),
     **dict.fromkeys(("train.deterministic", "train.backend"), APPLIED),
     # free: where things are, how fast they load, when to stop, log, save or evaluate
@@ -263,7 +264,7 @@ def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) 
     t.fixed_noise = state[ckpt.FIXED_NOISE]
     ada = t.diff_augment.ada if t.diff_augment is not None else None
     saved = [s for s in state.get(AUGMENT_STATE) or [] if s is not None]
-    if ada is not None and saved:  # else (ADA newly on): p starts at augment.probability
+    if ada is not None and saved:  # else (ADA newly on): p starts at diffaugment.probability
         same_world = len(saved) == t.world.world_size
         ada.load_state_dict(saved[t.world.rank] if same_world else {**saved[0], "sign_sum": 0.0, "count": 0})
     t.step = state[ckpt.STEP]

@@ -23,7 +23,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import distributed as dist
 from . import resume
 from .augment import augment
-from .config import Config, load_config, to_toml
+from .config import Config
+from .configfile import load_config, to_toml
 from .generate import checkpoint_lines
 from .hooks import Hooks, prepare_run_dir
 from .loader import ShardLoader
@@ -46,7 +47,7 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """One D step (real -> 1, G(z) -> 0; with optim.r1_gamma/r2_gamma, the gradient penalties
     on the images D saw) and one G step (G(z) -> 1) on a uint8 batch.
 
-    With augment.policy, D sees reals and fakes through the same differentiable augmentation,
+    With diffaugment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
     cutout and colour change, in the D step and (through G's graph) in the G step."""
     cfg, rank = t.cfg, t.world.rank

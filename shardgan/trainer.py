@@ -55,7 +55,7 @@ class Trainer:
     ema: EMA | None
     fixed_noise: torch.Tensor
     diff_augment: DiffAugment | None
-    """Augmentation in front of D (reals and fakes alike); None without augment.policy."""
+    """Augmentation in front of D (reals and fakes alike); None without diffaugment.policy."""
     g_run: nn.Module = field(init=False)
     """G as trained: compiled and/or DDP-wrapped."""
     d_run: nn.Module = field(init=False)
@@ -140,7 +140,7 @@ def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
         opt_d=torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam),
         ema=EMA(g, cfg.train.ema_decay, stats_noise) if cfg.train.ema_decay > 0 else None,
         fixed_noise=fixed,
-        diff_augment=build_diff_augment(cfg.augment),
+        diff_augment=build_diff_augment(cfg.diffaugment),
     )
 
 

@@ -68,14 +68,14 @@ def floats(batch: int = 8) -> torch.Tensor:
 def test_policy_parsing_keeps_a_fixed_order_and_config_refuses_unknown_ops():
     import pytest
 
-    from shardgan.config import AugmentConfig
+    from shardgan.config import DiffAugmentConfig
     from shardgan.errors import ConfigError
 
     assert parse_policy("color, translation") == ("translation", "color") and parse_policy("") == ()
     with pytest.raises(ConfigError, match="unknown rotate"):
-        AugmentConfig(policy="translation,rotate")
-    with pytest.raises(ConfigError, match="augment.probability"):
-        AugmentConfig(probability=1.5)
+        DiffAugmentConfig(policy="translation,rotate")
+    with pytest.raises(ConfigError, match="diffaugment.probability"):
+        DiffAugmentConfig(probability=1.5)
 
 
 def test_same_generator_state_same_params_and_probability_zero_is_identity():
@@ -139,7 +139,7 @@ def test_train_step_shows_d_reals_and_fakes_through_the_same_augmentation(monkey
     cfg = Config()
     cfg.data.translate_px, cfg.data.color_jitter = 0, 0.0
     cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 16, 12, 8, 4, 4
-    cfg.augment.policy, cfg.augment.probability = "translation,cutout,color", 1.0
+    cfg.diffaugment.policy, cfg.diffaugment.probability = "translation,cutout,color", 1.0
     t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     t.wrap()
     batch = images(8)

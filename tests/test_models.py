@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shardgan.config import ModelConfig, load_config
+from shardgan.config import ModelConfig
+from shardgan.configfile import load_config
 from shardgan.errors import ConfigError
 from shardgan.models import EMA, MinibatchStd, build_models, count_params, choose_layout
 from tests.conftest import ROOT

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shardgan.config import load_config
+from shardgan.configfile import load_config
 from shardgan.errors import ShardganError
 from shardgan.stop import EXIT_INTERRUPTED, EXIT_STOPPED
 from shardgan.synthetic import write_frames

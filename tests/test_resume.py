@@ -119,6 +119,23 @@ def test_changed_loss_is_refused_with_one_line_and_nothing_changes(tiny_shards: 
     assert "model.loss (bce -> hinge)" in err and "run.name=NEW" in err
 
 
+def test_a_checkpoint_from_before_augment_became_diffaugment_resumes_bit_exactly(
+    tiny_shards: Path, straight: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Checkpoints written before the rename store DiffAugment's settings as an "augment" table:
+    they map to [diffaugment], so the resume sees no change and continues exactly."""
+    run = tmp_path / "old"
+    shutil.copytree(straight, run)
+    for path in ckpt.list_checkpoints(run / "checkpoints"):
+        path.unlink(), path.with_suffix(".json").unlink()
+    state = ckpt.load_file(straight / "checkpoints" / "step_00000030.pt")
+    state[ckpt.CONFIG] = {("augment" if name == "diffaugment" else name): table for name, table in state[ckpt.CONFIG].items()}
+    ckpt.save(run / "checkpoints", 30, {k: v for k, v in state.items() if k not in ("format", "version")}, keep_last=3)
+    assert train_inprocess(tiny_shards, run) == 0
+    assert "with changed" not in capsys.readouterr().err
+    assert_same_final(straight, run)
+
+
 def test_every_config_key_has_a_resume_policy_and_the_docs_table_states_it() -> None:
     keys = {f"{section}.{key}" for section, table in Config().to_dict().items() for key in table}
     assert set(CHANGE_POLICY) == keys

@@ -145,7 +145,7 @@ def test_adaptive_augmentation_state_is_checkpointed_per_rank_and_moves_p(straig
 
     (state,) = newest(straight)[AUGMENT_STATE]  # one rank
     records = read_metrics(straight / "metrics.jsonl")
-    assert abs(records[0]["augment_p"] - 0.5) == pytest.approx(4 * 8 / 2000)  # from augment.probability, one update (step 4) by 32/2000
+    assert abs(records[0]["augment_p"] - 0.5) == pytest.approx(4 * 8 / 2000)  # from diffaugment.probability, one update (step 4) by 32/2000
     assert len({r["augment_p"] for r in records}) > 2, "ADA should move p during the run"
     assert state["count"] == (STEPS % 4) * 8  # mid-interval sums are saved (interval 4, batch 8)
     assert 0.0 <= state["p"] <= 1.0
@@ -366,7 +366,7 @@ def _count_device_reads(rank: int, port: int, results, args: list[str]) -> None:
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["augment.policy=", "data.color_jitter=0"]], ids=["diffaugment-ada-jitter", "plain"])
+@pytest.mark.parametrize("extra", [[], ["diffaugment.policy=", "data.color_jitter=0"]], ids=["diffaugment-ada-jitter", "plain"])
 def test_an_ordinary_step_reads_the_device_once_and_only_an_earlier_steps_flags(tiny_shards: Path, tmp_path: Path, extra: list[str]) -> None:
     """Two gloo ranks, 20 steps of the tiny preset (DiffAugment, ADA every 4 steps, colour jitter);
     logs, samples and saves every 5 steps (an epoch is 15 steps). At every other step shardgan

@@ -45,7 +45,8 @@ from shardgan.loader import ShardLoader
 from shardgan.resume import save_checkpoint
 from shardgan.rundir import read_metrics
 from shardgan.train import train, train_step
-from shardgan.config import CheckpointConfig, load_config
+from shardgan.config import CheckpointConfig
+from shardgan.configfile import load_config
 from shardgan.manifest import Manifest, SplitInfo
 from shardgan.rundir import RunDir
 from shardgan.shards import Sample, encode_image, sample_key, write_shard

@@ -66,7 +66,7 @@ found = {"torch": torch.__version__, "cuda": torch.version.cuda, "cuda_available
          "bf16": torch.cuda.is_bf16_supported() if cuda else None,
          "torchrun_flags": {f: f in help_text for f in ("--signals_to_handle", "--shutdown_timeout", "--local-ranks-filter")}}
 if cuda:  # compile correctness: the GC7M generator compiled against eager, fp32
-    from shardgan.config import load_config
+    from shardgan.configfile import load_config
     from shardgan.models import build_models
     g = build_models(load_config("configs/gc7m.toml").model, 0)[0].cuda().eval()
     z = torch.randn(64, 100, 1, 1, device="cuda")
