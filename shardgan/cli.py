@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,7 +17,7 @@ import typer
 from typer._click.exceptions import ClickException  # the click that typer bundles: usage errors
 
 from . import __version__
-from .errors import ShardganError
+from .errors import ConfigError, ShardganError
 
 app = typer.Typer(
     add_completion=False,
@@ -79,18 +80,55 @@ def pack_cmd(
     progress_every: float = typer.Option(60.0, "--progress-every", min=0, help="Off a terminal (a job log): a progress line every this many seconds (0: none)"),
 ) -> None:
     """Pack frames into resized, shuffled WebDataset shards + manifest (resumable, deterministic)."""
+    from .chunks import EncodeOptions
+    from .config import parse_bytes
+    from .cut import CutOptions
     from .frames import FrameSpec
-    from .pack import PackOptions, pack_dataset, parse_bytes, parse_part, parse_size, parse_val, resolve_size
+    from .pack import PackOptions, pack_dataset, resolve_size
 
-    width, height = resolve_size(src, *parse_size(size))
+    width, height = resolve_size(src, *parse_frame_size(size))
+    val_samples, shard_size_bytes = parse_val(val), parse_bytes(shard_size, "--shard-size")
     options = PackOptions(
-        FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, seed,
-        parse_val(val), samples_per_shard, parse_bytes(shard_size), chroma,
-    )  # fmt: skip
+        EncodeOptions(FrameSpec(width, height, channels, mode, every), image_format, quality, blank_threshold, chroma),
+        CutOptions(seed, val_samples, samples_per_shard, shard_size_bytes),
+    )
     pack_dataset(
         src, dst, options, workers=workers, part=parse_part(part) if part else None,
         merge=merge, overwrite=overwrite, keep_work=keep_work, progress_every_s=progress_every,
     )  # fmt: skip
+
+
+def parse_frame_size(text: str) -> tuple[int | None, int | None]:
+    """--size '88x66' -> (88, 66); one side may be auto: '88xauto' -> (88, None), 'autox66' -> (None, 66),
+    that side then follows the frames' aspect ratio (pack.resolve_size)."""
+    match = re.fullmatch(r"\s*(\d+|auto)\s*[xX]\s*(\d+|auto)\s*", text)
+    sides = [None if side == "auto" else int(side) for side in match.groups()] if match else []
+    if not sides or sides == [None, None] or min(s for s in sides if s is not None) < 1:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT with positive integers, e.g. 88x66, or one side auto (88xauto: the height from the frames' aspect ratio); got {text!r}")
+    return sides[0], sides[1]
+
+
+def parse_val(text: str) -> float:
+    """--val '500' -> 500 samples, '0.05' -> 5 percent, '0' -> none: a number written with a point or an
+    exponent is a fraction, which must lie in (0, 1) ('1.0' is refused, not read as one sample)."""
+    usage = "--val must be a sample count (e.g. 500) or a fraction in (0, 1) (e.g. 0.05)"
+    if re.fullmatch(r"\s*\d+\s*", text):
+        return float(int(text))
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{usage}; got {text!r}") from None
+    if not 0 < value < 1:
+        raise ConfigError(f"{usage}; got {text!r}, a fraction {'of all samples' if value == 1 else 'outside (0, 1)'}")
+    return value
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """--part '3/8' -> (3, 8): this job encodes chunks 3, 11, 19, ... of 8 parts."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ConfigError(f"--part must be I/N with 0 <= I < N, e.g. 0/4 (like $SLURM_ARRAY_TASK_ID/4); got {text!r}")
+    return int(match[1]), int(match[2])
 
 
 @app.command("inspect")

@@ -92,7 +92,7 @@ class DataConfig:
     @property
     def cache_limit_bytes(self) -> int | None:
         """data.cache_limit in bytes (0: no limit; None: auto, worked out from the cache's disk)."""
-        return None if self.cache_limit == "auto" else parse_size(self.cache_limit, "data.cache_limit")
+        return None if self.cache_limit == "auto" else parse_bytes(self.cache_limit, "data.cache_limit")
 
 
 LOSS_NAMES = ("bce", "hinge", "rpgan")
@@ -327,20 +327,17 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def parse_size(text: str, where: str) -> int:
-    """"200GB" -> 200_000_000_000; "1.5GiB", "500MB", "0" also work."""
-    number = text.strip().upper().rstrip("BIKMGT")
-    unit = text.strip().upper()[len(number) :]
-    try:
-        value = float(number)
-    except ValueError:
-        value = -1.0
-    if value < 0 or unit not in SIZE_UNITS:
-        raise ConfigError(f"{where}: expected a size like 200GB, 500MB or 0, got {text!r}")
-    return int(value * SIZE_UNITS[unit])
+def parse_bytes(text: str, where: str) -> int:
+    """"200GB" -> 200_000_000_000; "1.5GiB", "500 MB", "1000000" and "0" also work (a flag or key
+    that needs a positive size checks that itself). `where` names the flag or key in the error."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match[2].upper() if match else ""
+    if not match or unit not in BYTE_UNITS:
+        raise ConfigError(f"{where}: expected a size like 200GB, 1.5GiB or 1000000, got {text!r}")
+    return int(float(match[1]) * BYTE_UNITS[unit])
 
 
 def _check(ok: bool, message: str) -> None:

@@ -45,6 +45,11 @@ class Skip:
     path: str
     reason: str
 
+    @property
+    def kind(self) -> str:
+        """'corrupt: OSError: ...' -> 'corrupt', for counts by kind."""
+        return self.reason.split(":", 1)[0]
+
 
 @dataclass(frozen=True)
 class FrameSpec:
@@ -131,13 +136,19 @@ def _rel(path: Path, src: Path) -> str:
     return path.relative_to(src).as_posix() or "."
 
 
-def load_frames(path: Path, spec: FrameSpec, clock: Stopwatch | None = None) -> Iterator[Frame | str]:
-    """Yield the input's frames resized to `spec`; a str is the reason something was not usable.
+def load_frames(src: Path, rel: str, spec: FrameSpec, clock: Stopwatch | None = None) -> Iterator[Frame | Skip]:
+    """Yield the frames of input `rel` (a path under `src`, as `scan` lists it) resized to `spec`,
+    or a Skip saying why something in it was not usable.
 
-    A broken video yields the frames decoded before the damage, then its reason. `clock` gets
+    A broken video yields the frames decoded before the damage, then its Skip. `clock` gets
     "decode" (file read included) and "resize" laps.
     """
-    clock = clock or Stopwatch()
+    for item in _frames(src / rel, spec, clock or Stopwatch()):
+        yield Skip(rel, item) if isinstance(item, str) else item
+
+
+def _frames(path: Path, spec: FrameSpec, clock: Stopwatch) -> Iterator[Frame | str]:
+    """load_frames' frames, with a reason (a str) where it yields a Skip."""
     if is_video(path):
         yield from _video_frames(path, spec, clock)
         return

@@ -29,7 +29,7 @@ def summary_lines(manifest: Manifest, max_skipped: int = 10) -> list[str]:
     if manifest.filtered:
         lines.append("  filtered: " + ", ".join(f"{n} {why}" for why, n in sorted(manifest.filtered.items())))
     lines.append(f"  skipped: {len(manifest.skipped)} inputs")
-    lines += [f"    {s['path']}: {s['reason']}" for s in manifest.skipped[:max_skipped]]
+    lines += [f"    {s.path}: {s.reason}" for s in manifest.skipped[:max_skipped]]
     if len(manifest.skipped) > max_skipped:
         lines.append(f"    ... and {len(manifest.skipped) - max_skipped} more (see {manifest.root / MANIFEST_NAME})")
     if manifest.pack_args:

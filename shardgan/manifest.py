@@ -25,6 +25,7 @@ import numpy as np
 
 from .atomic import write_bytes_atomic
 from .errors import DataError
+from .frames import Skip
 
 FORMAT_NAME = "shardgan"
 FORMAT_VERSION = 2
@@ -70,8 +71,8 @@ class Manifest:
     num_inputs: int = 0
     filtered: dict[str, int] = field(default_factory=dict)
     """Dropped on purpose, by filter name: {"blank": n, "duplicate": n}."""
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    """Inputs that could not be used: [{"path": ..., "reason": ...}]."""
+    skipped: list[Skip] = field(default_factory=list)
+    """Inputs that could not be used; on disk [{"path": ..., "reason": ...}]."""
     root: Path = Path(".")
     """Directory the shard names are relative to (not serialized)."""
     origin: str = ""
@@ -112,7 +113,7 @@ class Manifest:
                 for name, split in self.splits.items()
             },
             "filtered": self.filtered,
-            "skipped": self.skipped,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
         }
 
     def write(self, directory: str | Path) -> Path:
@@ -173,7 +174,7 @@ def parse_manifest(data: bytes, origin: str, root: Path = Path(".")) -> Manifest
             pack_args=doc.get("pack_args", {}),
             num_inputs=doc.get("num_inputs", 0),
             filtered=doc.get("filtered", {}),
-            skipped=doc.get("skipped", []),
+            skipped=[Skip(s["path"], s["reason"]) for s in doc.get("skipped", [])],
             root=root,
             origin=origin,
         )

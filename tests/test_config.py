@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from shardgan.config import Config
+from shardgan.config import Config, parse_bytes
 from shardgan.configfile import load_config
 from shardgan.errors import ConfigError
 from tests.conftest import ROOT
@@ -82,5 +84,14 @@ def test_cache_limit_takes_a_size_with_a_unit() -> None:
     assert load_config(None).data.cache_limit_bytes is None  # auto: from the cache disk's free space
     assert load_config(None, ["data.cache_limit=0"]).data.cache_limit_bytes == 0  # no limit
     for bad in ("lots", "-1GB", "5XB"):
-        with pytest.raises(ConfigError, match=f"data.cache_limit: expected a size like 200GB, 500MB or 0, got '{bad}'"):
+        with pytest.raises(ConfigError, match=f"data.cache_limit: expected a size like 200GB, 1.5GiB or 1000000, got '{bad}'"):
             load_config(None, [f"data.cache_limit={bad}"])
+
+
+def test_one_byte_size_parser_for_keys_and_flags() -> None:
+    """config.data.cache_limit and pack's --shard-size read sizes alike; whoever needs > 0 checks that."""
+    assert parse_bytes("256MB", "--shard-size") == 256_000_000 and parse_bytes("1GiB", "x") == 2**30 and parse_bytes("1000", "x") == 1000
+    assert parse_bytes("2TB", "x") == 2 * 10**12 and parse_bytes(" 1.5 gib ", "x") == 3 * 2**29 and parse_bytes("0", "x") == 0
+    for bad in ("12 parsecs", "-1GB", "inf", "nan", "1e3", ""):
+        with pytest.raises(ConfigError, match=re.escape(f"--shard-size: expected a size like 200GB, 1.5GiB or 1000000, got {bad!r}")):
+            parse_bytes(bad, "--shard-size")

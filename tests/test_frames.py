@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 
 import shardgan.frames
-from shardgan.frames import Frame, FrameSpec, is_blank, load_frames, scan
+from shardgan.frames import Frame, FrameSpec, Skip, is_blank, load_frames, scan
 from shardgan.synthetic import game_frame
 
 
 
-def _load(path: Path, spec: FrameSpec) -> Frame | str:
-    (item,) = list(load_frames(path, spec))
+def _load(path: Path, spec: FrameSpec) -> Frame | Skip:
+    (item,) = list(load_frames(path.parent, path.name, spec))
     return item
 
 
@@ -157,7 +157,7 @@ def test_bad_inputs_become_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     _save(tmp_path / "tiny.png", Image.fromarray(game_frame(7, 8, 6)))
     monkeypatch.setattr(shardgan.frames, "MAX_PIXELS", 50_000_000)  # below Pillow's own limit: shardgan's check must fire
     spec = FrameSpec(64, 48)
-    reasons = {p.name: _load(p, spec) for p in tmp_path.iterdir()}
+    reasons = {p.name: _load(p, spec).reason for p in tmp_path.iterdir()}
     assert reasons["empty.png"] == "empty file"
     assert reasons["random.png"].startswith("not an image")
     assert reasons["truncated.png"].startswith("corrupt:")
@@ -165,7 +165,7 @@ def test_bad_inputs_become_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert reasons["bomb.png"].startswith("decompression bomb")
     assert reasons["moderate_bomb.png"].startswith("decompression bomb: 8000x8000")
     assert reasons["tiny.png"].startswith("too small")
-    assert _load(tmp_path / "gone.png", spec).startswith("vanished")
+    assert _load(tmp_path / "gone.png", spec) == Skip("gone.png", "vanished: deleted after the scan")
 
 
 def test_blank_filter() -> None:
@@ -200,9 +200,9 @@ def write_video(path: Path, num_frames: int, width: int = 64, height: int = 48) 
 
 def test_video_every_kth_frame_and_damaged_video(tmp_path: Path) -> None:
     write_video(tmp_path / "clip.mp4", 12)
-    items = list(load_frames(tmp_path / "clip.mp4", FrameSpec(32, 24, every=3)))
+    items = list(load_frames(tmp_path, "clip.mp4", FrameSpec(32, 24, every=3)))
     assert [f.index for f in items] == [0, 3, 6, 9] and all(f.pixels.shape == (24, 32, 3) for f in items)
     data = (tmp_path / "clip.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # mp4 index is at the end: unreadable
-    (reason,) = list(load_frames(tmp_path / "cut.mp4", FrameSpec(32, 24)))
-    assert reason.startswith("corrupt video: ") and str(tmp_path) not in reason
+    (skip,) = list(load_frames(tmp_path, "cut.mp4", FrameSpec(32, 24)))
+    assert skip.path == "cut.mp4" and skip.reason.startswith("corrupt video: ") and str(tmp_path) not in skip.reason

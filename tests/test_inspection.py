@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shardgan.chunks import EncodeOptions
+from shardgan.cut import CutOptions
 from shardgan.errors import DataError
-from shardgan.frames import FrameSpec
+from shardgan.frames import FrameSpec, Skip
 from shardgan.inspection import inspect_dataset, summary_lines, verify_dataset
 from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions
@@ -23,7 +25,7 @@ from .test_pack import pack
 
 def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_frames(tmp_path / "src", 20)
-    pack(tmp_path / "src", tmp_path / "dst", PackOptions(FrameSpec(40, 30), samples_per_shard=8, val=4))
+    pack(tmp_path / "src", tmp_path / "dst", PackOptions(EncodeOptions(FrameSpec(40, 30)), CutOptions(samples_per_shard=8, val=4)))
     inspect_dataset(tmp_path / "dst", verify=True, grid=tmp_path / "grid.png", grid_count=9)
     out = capsys.readouterr().out
     assert "train: 16 samples in 2 shards" in out and "val: 4 samples" in out and "verified: all 20" in out
@@ -57,7 +59,7 @@ def test_verify_names_missing_and_truncated_shards_and_a_missing_image_member(tm
 def test_summary_lists_splits_filters_and_the_first_skipped_inputs(tmp_path: Path) -> None:
     manifest = build_dataset(tmp_path, [4, 2], val_sizes=(3,))
     manifest.filtered = {"blank": 2, "duplicate": 1}
-    manifest.skipped = [{"path": f"bad{i}.png", "reason": "corrupt: x"} for i in range(12)]
+    manifest.skipped = [Skip(f"bad{i}.png", "corrupt: x") for i in range(12)]
     lines = summary_lines(manifest, max_skipped=10)
     assert lines[0] == f"dataset {tmp_path}: 16x12x3 png, 9 inputs"
     assert lines[1].startswith("  train: 6 samples in 2 shards, ")

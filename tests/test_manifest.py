@@ -11,6 +11,7 @@ import pytest
 
 from shardgan import cli
 from shardgan.errors import DataError
+from shardgan.frames import Skip
 from shardgan.manifest import MANIFEST_NAME, check_shards_present, load_manifest
 
 from .conftest import build_dataset
@@ -22,6 +23,15 @@ def test_roundtrip(tmp_path):
     assert loaded.to_json() == written.to_json()
     assert loaded.split("train").num_samples == 8 and loaded.split("val").num_samples == 2
     check_shards_present(loaded, "train")
+
+
+def test_skipped_inputs_are_skips_in_code_and_path_reason_objects_on_disk(tmp_path):
+    written = build_dataset(tmp_path / "ds", [2])
+    written.skipped = [Skip("a/bad.png", "corrupt: x"), Skip("b.mp4", "corrupt video after frame 3: y")]
+    written.write(tmp_path / "ds")
+    on_disk = json.loads((tmp_path / "ds" / MANIFEST_NAME).read_text())["skipped"]
+    assert on_disk == [{"path": "a/bad.png", "reason": "corrupt: x"}, {"path": "b.mp4", "reason": "corrupt video after frame 3: y"}]
+    assert load_manifest(tmp_path / "ds").skipped == written.skipped
 
 
 def _edit(path, **changes):

@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shardgan.chunks import EncodeOptions
+from shardgan.cut import CutOptions
 from shardgan.frames import REDUCING_GAP, RESAMPLE, FrameSpec
-from shardgan.pack import PackOptions, PackSummary, pack_dataset
+from shardgan.pack import PackOptions, pack_dataset
 from shardgan.shards import encode_image
+from shardgan.summary import PackSummary
 from shardgan.synthetic import write_frames
 
 WIDTH, HEIGHT = 88, 66
@@ -89,7 +92,7 @@ def parallel_bound(files: list[Path], image_format: str, workers: int) -> float:
 
 def shardgan_pack(src: Path, dst: Path, image_format: str, workers: int, summaries: list[PackSummary]) -> float:
     shutil.rmtree(dst, ignore_errors=True)
-    options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=image_format, shard_size_bytes=64 * 10**6)
+    options = PackOptions(EncodeOptions(FrameSpec(WIDTH, HEIGHT), image_format=image_format), CutOptions(shard_size_bytes=64 * 10**6))
     start = time.perf_counter()
     summaries.append(pack_dataset(src, dst, options, workers=workers, log=lambda line: None))
     return summaries[-1].inputs / (time.perf_counter() - start)

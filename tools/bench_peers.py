@@ -55,7 +55,9 @@ import torch
 from PIL import Image
 
 from shardgan.augment import augment
+from shardgan.chunks import EncodeOptions
 from shardgan.config import DataConfig
+from shardgan.cut import CutOptions
 from shardgan.loader import ShardLoader
 from shardgan.manifest import Manifest, SplitInfo, load_manifest
 from shardgan.frames import FrameSpec
@@ -157,7 +159,7 @@ def prepare_data(work: Path, frames_n: int, epoch_samples: int, cores: int) -> d
         if shards[fmt].is_dir():
             continue
         print(f"packing to {WIDTH}x{HEIGHT} {fmt} ...", flush=True)
-        options = PackOptions(FrameSpec(WIDTH, HEIGHT), image_format=fmt, samples_per_shard=128, blank_threshold=0)
+        options = PackOptions(EncodeOptions(FrameSpec(WIDTH, HEIGHT), image_format=fmt, blank_threshold=0), CutOptions(samples_per_shard=128))
         pack_dataset(work / "frames", work / f"packed_{fmt}", options, log=lambda line: None)
         replicate(work / f"packed_{fmt}", shards[fmt], epoch_samples)
     return shards

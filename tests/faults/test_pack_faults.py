@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import random
 import signal
@@ -20,23 +21,25 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import shardgan.atomic
-import shardgan.pack
+import shardgan.chunks
+from shardgan.chunks import EncodeOptions, read_chunk_records
+from shardgan.cut import CutOptions
 from shardgan.errors import DataError
-from shardgan.frames import Frame, FrameSpec, load_frames
+from shardgan.frames import Frame, FrameSpec, Skip, load_frames
 from shardgan.manifest import load_manifest
-from shardgan.pack import PackOptions, pack_dataset, read_chunk_records
+from shardgan.pack import WORK_DIR, WORKLIST_NAME, PackOptions, pack_dataset
 from shardgan.synthetic import game_frame, write_frames
 
 from ..conftest import PYTHON, ROOT
 from ..test_frames import png_bomb
 from ..test_pack import _cli_error, pack, tree_bytes
 
-KILL_OPTIONS = PackOptions(FrameSpec(40, 30), samples_per_shard=6, val=4)
+KILL_OPTIONS = PackOptions(EncodeOptions(FrameSpec(40, 30)), CutOptions(samples_per_shard=6, val=4))
 KILL_ARGS = ["--size", "40x30", "--samples-per-shard", "6", "--val", "4", "--workers", "2"]
 # The real CLI, with each chunk and shard task slowed down so a kill can land in a chosen phase.
 SLOW_PACK = """
 import functools, sys, time
-import shardgan.pack as pack
+import shardgan.chunks as chunks, shardgan.cut as cut, shardgan.pack as pack
 from shardgan import cli
 
 def slowly(fn):
@@ -46,8 +49,9 @@ def slowly(fn):
         return fn(task)
     return wrapped
 
-pack.encode_chunk = slowly(pack.encode_chunk)
-pack.write_shard_task = slowly(pack.write_shard_task)
+# Replaced where pack calls them and where pickling looks them up by name:
+pack.encode_chunk = chunks.encode_chunk = slowly(chunks.encode_chunk)
+pack.write_shard_task = cut.write_shard_task = slowly(cut.write_shard_task)
 sys.argv = ["shardgan", "pack", *sys.argv[1:]]
 sys.exit(cli.main())
 """
@@ -78,7 +82,8 @@ def _assert_nothing_partial(dst: Path, reference: dict[str, bytes]) -> None:
     for path in dst.glob("*.tar"):
         assert path.read_bytes() == reference[path.name], f"partial or wrong shard under final name {path.name}"
     for path in dst.glob(".work/chunk-*.bin"):
-        read_chunk_records(path)
+        paths = [p for p, _ in json.loads((dst / WORK_DIR / WORKLIST_NAME).read_text())["inputs"]]
+        read_chunk_records(path, paths)
     if (dst / "manifest.json").exists():
         assert (dst / "manifest.json").read_bytes() == reference["manifest.json"]
 
@@ -174,7 +179,7 @@ def test_junk_folder_packs_the_good_and_lists_every_bad_input(tmp_path: Path, mo
     good = [p.relative_to(src).as_posix() for p in write_frames(src, 12)]
     expected, converted = _junk_dir(src)
     # As root, chmod 000 does not stop reads: make one file unreadable and one vanish after the scan.
-    real_read_bytes, real_scan = Path.read_bytes, shardgan.pack.scan
+    real_read_bytes, real_scan = Path.read_bytes, shardgan.chunks.scan
 
     def read_bytes(path: Path) -> bytes:
         if path.name == "locked.png":
@@ -187,11 +192,11 @@ def test_junk_folder_packs_the_good_and_lists_every_bad_input(tmp_path: Path, mo
         return found
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    monkeypatch.setattr(shardgan.pack, "scan", scan_then_delete)
+    monkeypatch.setattr(shardgan.chunks, "scan", scan_then_delete)
     lines: list[str] = []
-    pack_dataset(src, tmp_path / "dst", PackOptions(FrameSpec(40, 30)), workers=1, log=lines.append)
+    pack_dataset(src, tmp_path / "dst", PackOptions(EncodeOptions(FrameSpec(40, 30))), workers=1, log=lines.append)
     manifest = load_manifest(tmp_path / "dst")
-    skipped = {s["path"]: s["reason"] for s in manifest.skipped}
+    skipped = {s.path: s.reason for s in manifest.skipped}
     assert sorted(skipped) == sorted(expected)
     for path, prefix in expected.items():
         assert skipped[path].startswith(prefix), (path, skipped[path])
@@ -246,10 +251,10 @@ def test_corrupted_bytes_give_a_frame_or_a_reason_never_an_exception(case: tuple
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"frame.{kind}"
         path.write_bytes(data)
-        items = list(load_frames(path, FrameSpec(32, 24)))
+        items = list(load_frames(path.parent, path.name, FrameSpec(32, 24)))
     assert len(items) == 1
     item = items[0]
-    assert isinstance(item, str) or (isinstance(item, Frame) and item.pixels.shape == (24, 32, 3)), item
+    assert (isinstance(item, Skip) and item.path == path.name) or (isinstance(item, Frame) and item.pixels.shape == (24, 32, 3)), item
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -261,10 +266,10 @@ def test_pack_of_corrupted_files_accounts_for_every_input(tmp_path_factory: pyte
     for i, (kind, data) in enumerate(cases):
         (root / "src" / f"bad{i}.{kind}").write_bytes(data)
         bad.append(f"bad{i}.{kind}")
-    pack(root / "src", root / "dst", PackOptions(FrameSpec(32, 24), blank_threshold=0))
+    pack(root / "src", root / "dst", PackOptions(EncodeOptions(FrameSpec(32, 24), blank_threshold=0)))
     manifest = load_manifest(root / "dst")
     packed = {m["src"] for m in _metas(root / "dst")}
-    skipped = {s["path"] for s in manifest.skipped}
+    skipped = {s.path for s in manifest.skipped}
     assert set(good) <= packed and not packed & skipped and packed | skipped <= set(good) | set(bad)
     # Each still image ends up exactly once: packed, skipped with a reason, or a counted duplicate.
     assert len(packed) + len(skipped) + manifest.filtered["duplicate"] == len(good) + len(bad)
