@@ -182,8 +182,9 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
             return None, str(e)
 
     evaluator, error = dist.run_on_main(build, heartbeat_s(t)) or (None, "")
-    if not dist.agree_all(not error, t.device):
-        raise ConfigError(error or "evaluation set-up failed on rank 0 (see its log)")
+    failed = dist.first_failure(error)
+    if failed:
+        raise ConfigError(failed[1])
     return evaluator
 
 
