@@ -27,6 +27,7 @@ from .errors import ConfigError, NonFiniteLossError, ShardganError
 from .evaluate import Evaluator
 from .generate import best_checkpoint
 from .loader import ShardLoader
+from .pixels import to_unit
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .source import split_location
@@ -149,7 +150,7 @@ class TensorBoard:
 
     def images(self, step: int, images: torch.Tensor) -> None:
         if self.writer is not None:
-            self.writer.add_images("samples", (images.cpu() + 1) / 2, step)
+            self.writer.add_images("samples", to_unit(images.cpu()), step)
 
     def close(self) -> None:
         if self.writer is not None:
