@@ -56,7 +56,7 @@ D_WINS_REAL, D_WINS_FAKE = 0.95, 0.05
 """D 'wins' a log line when its mean sigmoid output is above 0.95 on reals and below 0.05 on fakes."""
 MIN_DIVERSITY = 0.4
 """Below this, the fixed-noise samples of an evaluation are on average less than 40 % as far apart
-as the val images (on small downsampled images: quality.mean_pairwise_distance). A healthy
+as the val images (on small downsampled images: fidelity.mean_pairwise_distance). A healthy
 run's stays near 1; one image plus speckle scores near 0."""
 
 
