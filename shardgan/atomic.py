@@ -11,13 +11,18 @@ from typing import BinaryIO
 TMP_SUFFIX = ".tmp"
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename durable: the directory entry itself must reach the disk."""
-    fd = os.open(directory, os.O_RDONLY)
+def _fsync(path: str | Path) -> None:
+    """fsync by path: a file's bytes, or a directory's entries (opened read-only, as both allow)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    _fsync(directory)
 
 
 def temp_path(path: str | Path) -> Path:
@@ -64,11 +69,7 @@ def unpublished_write(path: str | Path) -> Iterator[BinaryIO]:
 def publish(tmp: str | Path, path: str | Path) -> None:
     """fsync a finished temp file, then rename it to `path` (the directory's sync is the caller's:
     one `fsync_dir` may cover many renames, and a lost rename leaves the file absent, not partial)."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(tmp)
     os.replace(tmp, path)
 
 

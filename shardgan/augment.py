@@ -12,18 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from .config import DIFFAUGMENT_OPS, DataConfig, DiffAugmentConfig
+from .pixels import to_unit, unit_to_float
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R 601 luma, the weights torchvision's ColorJitter uses."""
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """Images as the models see them, float32 in [-1, 1] on the same device: uint8 [0, 255]
-    (B, C, H, W) is scaled (the original project's ToTensor + Normalize(0.5, 0.5)), a float
-    batch (already [-1, 1], e.g. G's output) is clamped."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(127.5).sub_(1.0)
-    return images.float().clamp(-1, 1)
 
 
 def augment(images: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
@@ -31,14 +23,14 @@ def augment(images: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -
 
     All randomness comes from `generator` (on any device; draws are moved to the images' device).
     """
-    x = images.float().div_(255.0)  # (B, C, H, W) in [0, 1]
+    x = to_unit(images)  # (B, C, H, W) in [0, 1]
     if cfg.translate_px > 0:
         x = translate(x, cfg.translate_px, generator)
     if cfg.color_jitter > 0:
         x = color_jitter(x, cfg.color_jitter, generator)
     if cfg.hflip:
         x = hflip(x, generator)
-    return x.mul_(2.0).sub_(1.0)
+    return unit_to_float(x)
 
 
 def _uniform(generator: torch.Generator, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -56,13 +48,32 @@ def translate(x: torch.Tensor, max_px: int, generator: torch.Generator) -> torch
 
     Equivalent to the original project's Resize(+2) + RandomCrop for max_px=1, without resampling.
     """
-    b, c, h, w = x.shape
+    b = x.shape[0]
     dy = _randint(generator, b, -max_px, max_px, x.device)
     dx = _randint(generator, b, -max_px, max_px, x.device)
-    rows = (torch.arange(h, device=x.device)[None, :] - dy[:, None]).clamp_(0, h - 1)  # (B, H)
-    cols = (torch.arange(w, device=x.device)[None, :] - dx[:, None]).clamp_(0, w - 1)  # (B, W)
-    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)  # one gather, not two
-    return x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+    return shift(x, dy, dx, edge=True)
+
+
+def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, *, edge: bool) -> torch.Tensor:
+    """Translate image i of (B, C, H, W) by (dy[i], dx[i]) pixels; the pixels shifted in repeat
+    the edge (`edge`) or are 0 (DiffAugment's zero pad).
+
+    As two batched products with 0/1 matrices (rows, then columns), in fp32 whatever the
+    autocast: each output sums one input pixel and zeros, so it is exact (the same bits as a
+    gather), and so is the backward pass, a product too. A gather's backward would scatter-add
+    with atomics (not deterministic on CUDA, and refused by torch.use_deterministic_algorithms
+    for 4-D tensors)."""
+    _, _, h, w = x.shape
+    rows = torch.arange(h, device=x.device)  # (H,)
+    cols = torch.arange(w, device=x.device)  # (W,)
+    from_rows = rows[None, :] - dy[:, None]  # (B, H out): the input row each output row shows
+    from_cols = cols[None, :] - dx[:, None]  # (B, W out)
+    if edge:
+        from_rows, from_cols = from_rows.clamp_(0, h - 1), from_cols.clamp_(0, w - 1)
+    pick_rows = (from_rows[:, :, None] == rows[None, None, :]).float()  # (B, H out, H in)
+    pick_cols = (from_cols[:, None, :] == cols[None, :, None]).float()  # (B, W in, W out)
+    with torch.autocast(x.device.type, enabled=False):
+        return pick_rows[:, None] @ x.float() @ pick_cols[:, None]  # (B, C, H, W)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -158,29 +169,13 @@ def draw_params(
 def apply_params(x: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Augment float images (B, C, H, W) in [-1, 1] with `params`; differentiable w.r.t. `x`."""
     if params.shift is not None:
-        x = _shift(x, *params.shift)
+        dy, dx, on = params.shift
+        x = shift(x, dy * on, dx * on, edge=False)
     if params.cutout is not None:
         x = _cutout(x, *params.cutout, params.cutout_size)
     if params.color is not None:
         x = _color(x, *params.color)
     return x
-
-
-def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
-    """Translate each image by (dy, dx) pixels; uncovered pixels are 0 (DiffAugment's zero pad).
-
-    As two batched products with 0/1 matrices (rows, then columns), in fp32 whatever the
-    autocast: each output sums one input pixel and zeros, so it is exact, and so is the backward
-    pass, a product too. A gather's backward would scatter-add with atomics (not deterministic on
-    CUDA, and refused by torch.use_deterministic_algorithms for 4-D tensors)."""
-    _, _, h, w = x.shape
-    dy, dx = dy * on, dx * on
-    rows = torch.arange(h, device=x.device)  # (H,)
-    cols = torch.arange(w, device=x.device)  # (W,)
-    pick_rows = ((rows[None, :] - dy[:, None])[:, :, None] == rows[None, None, :]).float()  # (B, H out, H in)
-    pick_cols = ((cols[None, :] - dx[:, None])[:, None, :] == cols[None, :, None]).float()  # (B, W in, W out)
-    with torch.autocast(x.device.type, enabled=False):
-        return pick_rows[:, None] @ x.float() @ pick_cols[:, None]  # (B, C, H, W)
 
 
 def _cutout(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, on: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

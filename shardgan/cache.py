@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from .atomic import TMP_SUFFIX, atomic_write
 from .manifest import ShardInfo
-from .sources import FetchPolicy, fetch
+from .fetch import FetchPolicy, fetch
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Process group set-up from torchrun's environment, with single-process defaults, and agreement.
 
-Every cross-rank decision (stop now, loss finite, checkpoint written) is one small all-reduce
-so that all ranks take the same branch at the same step; a rank that decided alone would leave
-the others waiting in a collective forever. The per-step decisions (`LateAgreement`) are
+Every cross-rank decision is agreed so that all ranks take the same branch at the same step; a
+rank that decided alone would leave the others waiting in a collective forever. A failure (a
+checkpoint not written, a resume or evaluation set-up that failed) is gathered by
+`first_failure`, so every rank raises the same line. The per-step decisions (`LateAgreement`) are
 all-reduced on the device and read one step late, so an ordinary step never waits for the GPU;
 work only rank 0 does (evaluation) is waited for in short heartbeats (`run_on_main`), so no
 collective waits longer than `train.collective_timeout_s` however long the work takes.
@@ -117,15 +118,6 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
-    """Element-wise OR of `flags` over all ranks (MAX all-reduce); local when alone."""
-    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
-        return list(flags)
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
-    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
-
-
 def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """Element-wise sum of a tensor over all ranks, left where it is (nothing is read on the host)."""
     if _alone():
@@ -135,14 +127,9 @@ def sum_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def agree_all(flag: bool, device: torch.device) -> bool:
-    """True only if `flag` holds on every rank (MIN all-reduce)."""
-    return not agree_any([not flag], device)[0]
-
-
-def gather_to_main(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order (all ranks receive it; rank 0 uses it)."""
-    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if _alone():
         return [obj]
     out: list[Any] = [None] * torch_dist.get_world_size()
     torch_dist.all_gather_object(out, obj)
@@ -151,12 +138,13 @@ def gather_to_main(obj: Any) -> list[Any]:
 
 def first_failure(problem: Any) -> tuple[int, Any] | None:
     """Collective: each rank's `problem` (falsy where it has none); the lowest rank that has one,
-    with it, on every rank, so that all stop together with the same one line."""
-    return next(((rank, p) for rank, p in enumerate(gather_to_main(problem)) if p), None)
+    with it, on every rank, so that all stop together with the same one line. The one way ranks
+    agree to raise, also for work rank 0 alone tried (every other rank passes "")."""
+    return next(((rank, p) for rank, p in enumerate(all_gather_objects(problem)) if p), None)
 
 
 def broadcast_from_main(obj: Any) -> Any:
-    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+    if _alone():
         return obj
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)

@@ -16,7 +16,7 @@ from .config import Config, DataConfig
 from .configfile import config_from_dict
 from .generate import Chosen, choose_checkpoint, generate_images, generator_from_state
 from .reader import sample_images
-from .quality import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
+from .fidelity import FidKid, SlicedWasserstein, diversity, inception_features, mean_pairwise_distance
 from .rundir import RunDir, append_metrics
 from .source import split_location
 
@@ -35,7 +35,7 @@ class Evaluator:
 
     swd: SlicedWasserstein
     real_distance: torch.Tensor
-    """The val images' mean pairwise distance (quality.mean_pairwise_distance): diversity's reference."""
+    """The val images' mean pairwise distance (fidelity.mean_pairwise_distance): diversity's reference."""
     num_images: int
     nz: int
     device: torch.device

@@ -27,6 +27,7 @@ from .errors import ConfigError, NonFiniteLossError, ShardganError
 from .evaluate import Evaluator
 from .generate import best_checkpoint
 from .loader import ShardLoader
+from .pixels import to_unit
 from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .source import split_location
@@ -55,7 +56,7 @@ D_WINS_REAL, D_WINS_FAKE = 0.95, 0.05
 """D 'wins' a log line when its mean sigmoid output is above 0.95 on reals and below 0.05 on fakes."""
 MIN_DIVERSITY = 0.4
 """Below this, the fixed-noise samples of an evaluation are on average less than 40 % as far apart
-as the val images (on small downsampled images: quality.mean_pairwise_distance). A healthy
+as the val images (on small downsampled images: fidelity.mean_pairwise_distance). A healthy
 run's stays near 1; one image plus speckle scores near 0."""
 
 
@@ -149,7 +150,7 @@ class TensorBoard:
 
     def images(self, step: int, images: torch.Tensor) -> None:
         if self.writer is not None:
-            self.writer.add_images("samples", (images.cpu() + 1) / 2, step)
+            self.writer.add_images("samples", to_unit(images.cpu()), step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -182,8 +183,9 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
             return None, str(e)
 
     evaluator, error = dist.run_on_main(build, heartbeat_s(t)) or (None, "")
-    if not dist.agree_all(not error, t.device):
-        raise ConfigError(error or "evaluation set-up failed on rank 0 (see its log)")
+    failed = dist.first_failure(error)
+    if failed:
+        raise ConfigError(failed[1])
     return evaluator
 
 

@@ -65,7 +65,7 @@ The data set itself (shard list and contents) is checked by the loader's fingerp
 
 def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
     """The whole state under named keys; collective (gathers every rank's RNG states)."""
-    rng = dist.gather_to_main(ckpt.capture_rng(t.device))
+    rng = dist.all_gather_objects(ckpt.capture_rng(t.device))
     return {
         ckpt.G: t.g.state_dict(),
         ckpt.D: t.d.state_dict(),
@@ -78,7 +78,7 @@ def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
         ckpt.RNG: rng,
         ckpt.CONFIG: t.cfg.to_dict(),
         ckpt.FIXED_NOISE: t.fixed_noise,
-        AUGMENT_STATE: dist.gather_to_main(_augment_state(t)),
+        AUGMENT_STATE: dist.all_gather_objects(_augment_state(t)),
     }
 
 
@@ -93,7 +93,7 @@ def _augment_state(t: Trainer) -> dict[str, float | int] | None:
 
 
 def save_checkpoint(t: Trainer, loader: ShardLoader, rd: RunDir, *, best: bool = False) -> None:
-    """Rank 0 writes; all ranks learn whether it worked, so a failed write stops every rank.
+    """Rank 0 writes; all ranks learn whether it worked, so a failed write stops every rank with its line.
 
     `best`: into checkpoints/best/, keeping only that one (the lowest SWD so far)."""
     state = state_dict(t, loader)
@@ -105,8 +105,9 @@ def save_checkpoint(t: Trainer, loader: ShardLoader, rd: RunDir, *, best: bool =
             log.info("checkpoint %s", path)
         except CheckpointError as e:
             error = str(e)
-    if not dist.agree_all(not error, t.device):
-        raise CheckpointError(error or "checkpoint write failed on rank 0 (see its log)")
+    failed = dist.first_failure(error)
+    if failed:
+        raise CheckpointError(failed[1])
 
 
 # -- which checkpoint -------------------------------------------------------------------------
@@ -206,9 +207,10 @@ def load_chosen(t: Trainer, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:
             chosen = choose_checkpoint(t.cfg, rd)
         except CheckpointError as e:
             error = str(e)
-    choice, error = dist.broadcast_from_main((chosen[0] if chosen else None, error))
-    if error:
-        raise CheckpointError(error)
+    failed = dist.first_failure(error)
+    if failed:
+        raise CheckpointError(failed[1])
+    choice = dist.broadcast_from_main(chosen[0] if chosen else None)
     if choice is None:
         return None
     state = chosen[1] if chosen else None

@@ -18,10 +18,10 @@ from .cache import ShardCache, auto_limit, default_cache_dir
 from .config import DataConfig
 from .errors import DataError
 from .manifest import MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, check_shards_present, load_manifest, manifest_path, parse_manifest
-from .sources import FetchPolicy, fetch_bytes, sibling, url_name
+from .fetch import FetchPolicy, fetch_bytes, sibling, url_name
 
 URL_SCHEMES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
-"""gs:// is refused by sources.py with a hint (pipe:gsutil cat URL)."""
+"""gs:// is refused by fetch.py with a hint (pipe:gsutil cat URL)."""
 
 
 @dataclass(frozen=True)

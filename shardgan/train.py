@@ -31,7 +31,7 @@ from .loader import ShardLoader
 from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
 from .progress import ProgressLines
-from .quality import diversity
+from .fidelity import diversity
 from .rundir import RunDir, logging_setup
 from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps

@@ -9,12 +9,12 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from .atomic import atomic_write
+from .pixels import to_unit
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save a (B, C, H, W) batch as one grid PNG; uint8 in [0, 255] or float in [-1, 1]."""
-    images = images.detach().cpu()
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else (images.float() + 1) / 2
+    images = to_unit(images.detach().cpu())
     nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,3 +53,23 @@ def test_stale_temps_of_killed_writers_are_removed_and_nothing_else(tmp_path: Pa
         p.write_bytes(b"")
     assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_publish_fsyncs_the_file_and_atomic_write_the_file_then_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []  # inodes, in fsync order
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "chunk.bin"
+    with unpublished_write(path) as f:
+        f.write(b"payload")
+    tmp_inode = temp_path(path).stat().st_ino
+    publish(temp_path(path), path)
+    assert synced == [tmp_inode] and path.stat().st_ino == tmp_inode  # the directory's sync is the caller's
+    synced.clear()
+    write_bytes_atomic(tmp_path / "b.bin", b"bytes")
+    assert synced == [(tmp_path / "b.bin").stat().st_ino, tmp_path.stat().st_ino]

@@ -1,11 +1,13 @@
-"""Batched augmentation: range, determinism from the generator, edge-padded translation."""
+"""Batched augmentation: range, determinism from the generator, edge-padded translation, one shift
+for both augmentations (the same bits as the gather and the zero-padded shift it replaced)."""
 
 from __future__ import annotations
 
 import torch
 
-from shardgan.augment import augment, color_jitter, to_float, translate
+from shardgan.augment import augment, color_jitter, shift, translate
 from shardgan.config import DataConfig
+from shardgan.pixels import to_float
 
 
 def images(batch: int = 8, channels: int = 3) -> torch.Tensor:
@@ -27,10 +29,7 @@ def test_output_is_float_in_range_and_repeats_for_the_same_generator_state():
 def test_no_augmentation_is_plain_normalization():
     x = images(channels=1)
     out = augment(x, DataConfig(translate_px=0, color_jitter=0.0, hflip=False), torch.Generator())
-    torch.testing.assert_close(out, to_float(x))
-    assert to_float(torch.tensor([0, 255], dtype=torch.uint8)).tolist() == [-1.0, 1.0]
-    assert to_float(torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)).tolist() == [-1.0, 0.5, 1.0]  # G's output: clamped
-    assert to_float(torch.tensor([-2.0], dtype=torch.float64)).dtype == torch.float32
+    assert torch.equal(out, to_float(x))  # the same bits as the models' conversion
 
 
 def test_translate_shifts_with_edge_replication():
@@ -43,6 +42,31 @@ def test_translate_shifts_with_edge_replication():
     rows = (torch.arange(12) - dy).clamp(0, 11)
     cols = (torch.arange(16) - dx).clamp(0, 15)
     assert torch.equal(out, x[0, 0][rows][:, cols])
+
+
+def gather_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, edge: bool) -> torch.Tensor:
+    """The shifts `shift` replaced: translate's one gather of edge-clamped indices, and a gather
+    masked to 0 where DiffAugment's zero pad shows."""
+    b, c, h, w = x.shape
+    rows = torch.arange(h)[None, :] - dy[:, None]  # (B, H)
+    cols = torch.arange(w)[None, :] - dx[:, None]  # (B, W)
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]  # (B, H, W)
+    rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    out = x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+    return out if edge else out * inside[:, None]
+
+
+def test_one_shift_gives_the_gathers_bits_edge_padded_or_zero_padded():
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 3, 12, 16, generator=g) * 2 - 1  # arbitrary floats: every bit must survive
+    dy, dx = torch.randint(-13, 14, (6,), generator=g), torch.randint(-17, 18, (6,), generator=g)  # some past the edge
+    dy[0], dx[0] = 0, 0
+    for edge in (True, False):
+        out = shift(x, dy, dx, edge=edge)
+        assert out.dtype == torch.float32 and torch.equal(out, gather_shift(x, dy, dx, edge)), edge
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(shift(x, dy, dx, edge=False), gather_shift(x, dy, dx, edge=False))  # fp32 whatever the autocast
 
 
 def test_color_jitter_keeps_gray_images_gray_and_changes_colour_ones():

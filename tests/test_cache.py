@@ -13,7 +13,7 @@ import shardgan.cache
 from shardgan.cache import Prefetcher, ShardCache, auto_limit, cache_warnings, default_cache_dir, file_system
 from shardgan.errors import DataError
 from shardgan.manifest import ShardInfo, sha256_file
-from shardgan.sources import FetchPolicy
+from shardgan.fetch import FetchPolicy
 
 from .conftest import build_dataset
 from .http_server import serve

@@ -22,10 +22,9 @@ def test_alone_without_torchrun_everything_is_local(monkeypatch: pytest.MonkeyPa
     world = dist.init("cpu")
     assert world == dist.DistInfo(rank=0, world_size=1, local_rank=0, device=CPU) and world.is_main
     assert dist.backend() == "none" and dist.restart_count() == 0
-    assert dist.agree_any([True, False], CPU) == [True, False]
-    assert dist.agree_all(False, CPU) is False and dist.agree_all(True, CPU) is True
+    assert dist.first_failure("") is None and dist.first_failure("disk full") == (0, "disk full")
     assert dist.sum_over_ranks(torch.tensor([1.5, 2.0])).tolist() == [1.5, 2.0]
-    assert dist.gather_to_main({"a": 1}) == [{"a": 1}] and dist.broadcast_from_main("x") == "x"
+    assert dist.all_gather_objects({"a": 1}) == [{"a": 1}] and dist.broadcast_from_main("x") == "x"
     dist.shutdown()  # nothing to shut down: no error
 
 
@@ -76,10 +75,10 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
             rank,
             world.world_size,
             dist.backend(),
-            dist.agree_any([rank == 1, False], CPU),
-            dist.agree_all(rank == 0, CPU),
+            dist.first_failure("" if rank == 0 else f"rank {rank} failed"),
+            dist.first_failure("rank 0 alone failed" if rank == 0 else ""),
             dist.sum_over_ranks(torch.tensor([float(rank), 1.0], dtype=torch.float64)).tolist(),
-            dist.gather_to_main(f"rank {rank}"),
+            dist.all_gather_objects(f"rank {rank}"),
             dist.broadcast_from_main(f"from {rank}"),
             late_flags(rank),
         ))  # fmt: skip
@@ -91,9 +90,9 @@ def _rank(rank: int, port: int, results: multiprocessing.Queue) -> None:
 def test_two_gloo_ranks_agree() -> None:
     got, exitcodes = spawned_ranks(_rank, timeout=120)
     assert exitcodes == [0, 0]
-    for rank, world_size, backend, any_, all_, sums, gathered, broadcast, late in got:
+    for rank, world_size, backend, failed, main_failed, sums, gathered, broadcast, late in got:
         assert (world_size, backend) == (2, "gloo"), rank
-        assert any_ == [True, False] and all_ is False  # rank 1's True reaches rank 0; rank 1's False fails "all"
+        assert failed == (1, "rank 1 failed") and main_failed == (0, "rank 0 alone failed")  # every rank raises the same line
         assert sums == [1.0, 2.0]
         assert gathered == ["rank 0", "rank 1"] and broadcast == "from 0"
         assert late == (0, [True, True, False])

@@ -217,3 +217,38 @@ def test_evaluations_longer_than_the_collective_timeout_do_not_stop_the_run(tmp_
     got, _ = spawned_ranks(_slow_evaluation_rank, args)
     assert got == [(0, 0), (1, 0)]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "swd" in r] == [2, 4]
+
+
+def _failing_evaluator_rank(rank: int, port: int, results, args: list[str]) -> None:
+    """One rank of a 2-rank gloo run whose evaluator rank 0 cannot build: its exit code and last stderr line."""
+    import contextlib
+    import io
+    import os
+
+    import torch
+
+    from shardgan.cli import main
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    err, code = io.StringIO(), None
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["train", *args])
+    finally:
+        results.put((rank, code, err.getvalue().strip().splitlines()[-1:]))
+
+
+@pytest.mark.multiproc
+def test_an_evaluator_rank_0_cannot_build_stops_every_rank_with_its_line(tmp_path: Path) -> None:
+    """Only rank 0 builds the evaluator; rank 1 stops too, with rank 0's one line, not a pointer to its log."""
+    from tests.conftest import spawned_ranks
+    from tests.trainer_runs import train_args
+
+    shards = tmp_path / "shards"
+    build_dataset(shards, [20, 20], width=24, height=16, val_sizes=(8,))
+    args = train_args(shards, tmp_path / "runs" / "no_fid", "data.batch_size=4", "train.max_steps=4", f"eval.fid_weights={tmp_path / 'nope.pth'}")
+    got, exitcodes = spawned_ranks(_failing_evaluator_rank, args)
+    (_, code_0, line_0), (_, code_1, line_1) = got
+    assert exitcodes == [0, 0] and code_0 == code_1 == 2
+    assert line_0 == line_1 and line_0[0].startswith("error: eval.fid_weights: no file") and "never downloads" in line_0[0]

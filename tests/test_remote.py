@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shardgan import sources
+import shardgan.fetch as fetching
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
@@ -111,9 +111,9 @@ def s3_endpoint(monkeypatch):
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    sources._s3_client.cache_clear()  # a client holds its endpoint
+    fetching._s3_client.cache_clear()  # a client holds its endpoint
     yield
-    sources._s3_client.cache_clear()
+    fetching._s3_client.cache_clear()
     server.stop()
 
 

@@ -21,7 +21,7 @@ from shardgan import checkpoint as ckpt
 from shardgan.config import DataConfig
 from shardgan.evaluate import load_real_images
 from shardgan.generate import generate_images, generator_from_state
-from shardgan.quality import SWD_MODES, SlicedWasserstein, diversity
+from shardgan.fidelity import SWD_MODES, SlicedWasserstein, diversity
 
 
 def pick_checkpoint(run: Path, step: int | None, best: bool) -> Path:

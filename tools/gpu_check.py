@@ -35,7 +35,7 @@ from shardgan import checkpoint as ckpt  # noqa: E402
 from shardgan import distributed as dist  # noqa: E402
 from shardgan.configfile import load_config  # noqa: E402
 from shardgan.hooks import Hooks, prepare_run_dir  # noqa: E402
-from shardgan.quality import SlicedWasserstein  # noqa: E402
+from shardgan.fidelity import SlicedWasserstein  # noqa: E402
 from shardgan.rundir import RunDir, read_metrics  # noqa: E402
 from shardgan.stop import StopFlag  # noqa: E402
 from shardgan.train import train, train_step  # noqa: E402

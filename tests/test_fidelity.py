@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shardgan.errors import ConfigError
-from shardgan.quality import (
+from shardgan.fidelity import (
     FidKid,
     SlicedWasserstein,
     _up,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shardgan import sources
+import shardgan.fetch as fetching
 from shardgan.errors import DataError
-from shardgan.sources import FetchPolicy, fetch, sibling, url_name
+from shardgan.fetch import FetchPolicy, fetch, sibling, url_name
 
 from .http_server import serve
 
@@ -56,7 +56,7 @@ def test_a_fault_that_persists_ends_in_one_line_naming_the_url(server, fault, re
 
 def test_backoff_doubles_between_tries(server, monkeypatch):
     waits: list[float] = []
-    monkeypatch.setattr(sources.time, "sleep", waits.append)
+    monkeypatch.setattr(fetching.time, "sleep", waits.append)
     server.once["a.tar"] = ["500", "500", "500"]
     assert get(f"{server.url}/a.tar", FetchPolicy(attempts=4, backoff_s=0.5, timeout_s=1)) == DATA
     assert waits == [0.5, 1.0, 2.0]

@@ -1,5 +1,6 @@
-"""Sample quality metrics: sliced Wasserstein distance (SWD) on image patches, diversity (mean
-pairwise distance against the data's), and FID/KID from local weights. Metrics only: which images they compare is evaluate.py's to say.
+"""How close a generator's images are to the data: sliced Wasserstein distance (SWD) on image
+patches, diversity (mean pairwise distance against the data's), and FID/KID from local weights.
+Metrics only: which images they compare is evaluate.py's to say.
 
 SWD follows ProGAN (Karras et al. 2018, appendix D): a Laplacian pyramid of every image,
 random 7x7 patches at each level as descriptors, each colour channel normalized, then the
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import to_float
+from .pixels import to_float, to_uint8
 from .errors import ConfigError
 
 PATCH_SIZE = 7
@@ -211,9 +212,7 @@ KID_SUBSETS = 100
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     """uint8 or [-1, 1] float (N, C, H, W) -> uint8 (N, 3, H, W) on the CPU (grey repeated)."""
-    images = images.detach().cpu()
-    if images.dtype != torch.uint8:
-        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    images = to_uint8(images.detach().cpu())
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
