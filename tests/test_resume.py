@@ -3,6 +3,7 @@ checkpoint for all ranks, and what a resumed run may change."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shlex
@@ -15,10 +16,11 @@ import pytest
 
 from shardgan import checkpoint as ckpt
 from shardgan.config import Config
+from shardgan.errors import CheckpointError
 from shardgan.resume import CHANGE_POLICY
 from shardgan.rundir import read_metrics
 from shardgan.stop import EXIT_STOPPED
-from tests.conftest import PYTHON, ROOT, free_port
+from tests.conftest import PYTHON, ROOT, free_port, spawned_ranks
 from tests.trainer_runs import CONFIG, ENV, STEPS, TORCHRUN, assert_same_final, checkpoint_exists, newest, refused_resume, train_inprocess, wait_for
 
 
@@ -142,3 +144,39 @@ def test_every_config_key_has_a_resume_policy_and_the_docs_table_states_it() -> 
     doc = (ROOT / "docs" / "resume.md").read_text()
     table = dict(re.findall(r"^ *\| `([a-z_]+\.[a-z_0-9]+)` \| (\w+) \|", doc, re.MULTILINE))
     assert table == {k: v for k, v in CHANGE_POLICY.items() if v != "free"}
+
+
+def _resume_with_one_rank_unable_to_read(rank: int, port: int, results: multiprocessing.Queue, run: Path) -> None:
+    """Rank 0 chooses the newest checkpoint; rank 1's read of it fails as a flaky network file system
+    does (EIO). Every rank must stop with the same line, naming rank 1 and the file."""
+    import errno
+    from types import SimpleNamespace
+
+    import shardgan.distributed as dist
+    from shardgan.resume import load_chosen
+    from shardgan.rundir import RunDir
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = dist.init("cpu")
+    if rank == 1:
+
+        def unreadable(path: Path) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+        ckpt.load_file = unreadable
+    try:
+        load_chosen(SimpleNamespace(cfg=Config(), world=world), RunDir(run))
+        results.put((rank, "resumed"))
+    except CheckpointError as e:
+        results.put((rank, str(e)))
+    finally:
+        dist.shutdown()
+
+
+@pytest.mark.multiproc
+def test_a_rank_that_cannot_read_the_chosen_checkpoint_stops_every_rank_in_one_line(straight: Path) -> None:
+    chosen = ckpt.list_checkpoints(straight / "checkpoints")[0]
+    got, exitcodes = spawned_ranks(_resume_with_one_rank_unable_to_read, straight, timeout=120)
+    assert exitcodes == [0, 0]
+    expected = f"rank 1 cannot resume from {chosen}, the checkpoint rank 0 chose: [Errno 5] Input/output error: '{chosen}'"
+    assert got == [(0, expected), (1, expected)]
