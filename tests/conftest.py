@@ -1,17 +1,23 @@
-"""Shared test data: packed datasets and frame folders, generated from shardgan.synthetic's frames."""
+"""Shared test data: packed datasets, frame folders, videos and damaged files, generated from
+shardgan.synthetic's frames."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import socket
+import struct
 import sys
+import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from shardgan.manifest import Manifest, SplitInfo
+from shardgan.manifest import Manifest, ShardInfo, SplitInfo
 from shardgan.shards import Sample, encode_image, sample_key, write_shard
 from shardgan.synthetic import game_frame, write_frames
 
@@ -58,6 +64,54 @@ def build_dataset(
     manifest = Manifest(width, height, channels, image_format, splits, num_inputs=index, root=directory)
     manifest.write(directory)
     return manifest
+
+
+def write_tiny_shards(directory: Path, count: int) -> None:
+    """`count` one-sample shards of a 4x4 gray raw image, written directly (build_dataset takes ~5 ms a shard)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    infos = []
+    for i in range(count):
+        key, data = sample_key(i), encode_image(np.full((4, 4, 1), i % 251, np.uint8), "raw")
+        member = tarfile.TarInfo(f"{key}.npy")
+        member.size = len(data)
+        blob = member.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
+        shard = blob + b"\0" * 1024  # end-of-archive blocks
+        name = f"train-{i:06d}.tar"
+        (directory / name).write_bytes(shard)
+        infos.append(ShardInfo(name, 1, len(shard), hashlib.sha256(shard).hexdigest(), [0, len(blob)]))
+    Manifest(4, 4, 1, "raw", {"train": SplitInfo(infos)}, root=directory).write(directory)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (valid CRCs, almost no data)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def write_video(path: Path, num_frames: int, width: int = 64, height: int = 48) -> None:
+    """An mpeg4 video of game frames; the test is skipped where PyAV (the `video` extra) is missing."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(game_frame(i, width, height), format="rgb24")))
+        container.mux(stream.encode())
+
+
+def corrupt_images(shard: Path, keys: list[str]) -> None:
+    """Overwrite the middle of each key's image data with junk, keeping the file size."""
+    with tarfile.open(shard) as tar:
+        spans = [(m.offset_data, m.size) for m in tar if m.name.split(".")[0] in keys and not m.name.endswith(".json")]
+    assert len(spans) == len(keys)
+    with open(shard, "r+b") as f:
+        for offset, size in spans:
+            f.seek(offset + size // 4)
+            f.write(b"\xde\xad\xbe\xef" * (size // 8))
 
 
 @pytest.fixture

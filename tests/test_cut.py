@@ -18,7 +18,7 @@ from shardgan.pack import PackOptions
 from shardgan.shards import read_sample
 from shardgan.synthetic import write_frames
 
-from .test_pack import pack, read_webdataset
+from .pack_runs import pack, read_webdataset
 
 
 def test_val_split_seed_and_shard_size_cut(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 import shardgan.frames
 from shardgan.frames import Frame, FrameSpec, Skip, is_blank, load_frames, scan
 from shardgan.synthetic import game_frame
-
+from tests.conftest import png_bomb, write_video
 
 
 def _load(path: Path, spec: FrameSpec) -> Frame | Skip:
@@ -27,16 +25,6 @@ def _save(path: Path, image: Image.Image, **kwargs) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, **kwargs)
     return path
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (valid CRCs, almost no data)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_scan_is_sorted_recursive_and_case_insensitive(tmp_path: Path) -> None:
@@ -186,16 +174,6 @@ def test_blank_filter_shortcut_agrees_with_the_full_std() -> None:
             for frame in (pixels, sparse):
                 for threshold in (0.5, 1.0, 2.0, 4.0):
                     assert is_blank(frame, threshold) == (float(frame.std()) < threshold)
-
-
-def write_video(path: Path, num_frames: int, width: int = 64, height: int = 48) -> None:
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(num_frames):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(game_frame(i, width, height), format="rgb24")))
-        container.mux(stream.encode())
 
 
 def test_video_every_kth_frame_and_damaged_video(tmp_path: Path) -> None:

@@ -44,6 +44,12 @@ def test_slerp_ends_at_its_endpoints_and_keeps_the_norm() -> None:
     path = slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
     assert torch.allclose(slerp(a, a, torch.linspace(0, 1, 3)), a.expand(3, -1))
+    # Between latents of one norm, every point keeps it (a straight line would cut inside: for these
+    # two, its midpoint has 0.89 of their norm).
+    b = b * a.norm() / b.norm()
+    norms = slerp(a, b, torch.linspace(0, 1, 9)).norm(dim=1)
+    assert torch.allclose(norms, a.norm().expand(9), rtol=1e-5)
+    assert not torch.allclose(torch.lerp(a, b, 0.5).norm(), a.norm(), rtol=0.05)
 
 
 def test_generate_says_which_checkpoint_and_points_to_a_better_best_one(best_is_older: Path, tmp_path: Path) -> None:

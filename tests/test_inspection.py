@@ -20,7 +20,7 @@ from shardgan.shards import read_sample
 from shardgan.synthetic import write_frames
 
 from .conftest import build_dataset
-from .test_pack import pack
+from .pack_runs import pack
 
 
 def test_inspect_verify_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from .conftest import PYTHON, ROOT, build_dataset
+from .conftest import PYTHON, ROOT, build_dataset, write_tiny_shards
+from .loader_runs import SIZES, all_ranks_epoch, make_loader, take
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
-from shardgan.manifest import Manifest, ShardInfo, SplitInfo
-from shardgan.shards import encode_image, sample_key
+from shardgan.shards import sample_key
 from shardgan.synthetic import game_frame
-
-SIZES = [7, 13, 5, 20]
-
-
-def make_loader(shards: str | Path, *, rank: int = 0, world_size: int = 1, nodes: int = 1, **cfg) -> ShardLoader:
-    cfg = {"batch_size": 2, "num_workers": 0, "pin_memory": False, **cfg}
-    return ShardLoader(DataConfig(shards=str(shards), **cfg), rank=rank, world_size=world_size, nodes=nodes)
-
-
-def take(loader: ShardLoader, n: int) -> list[list[str]]:
-    """The keys of the next n batches, across epoch ends, leaving the loader right after them."""
-    out: list[list[str]] = []
-    while len(out) < n:
-        it = iter(loader)
-        for batch in it:
-            out.append(batch["key"])
-            if len(out) == n:
-                it.close()
-                break
-    return out
-
-
-def all_ranks_epoch(shards: Path, world_size: int, nodes: int = 1, **cfg) -> list[list[list[str]]]:
-    """One epoch of every rank (simulated in this process): [rank][batch] -> keys."""
-    return [[b["key"] for b in make_loader(shards, rank=r, world_size=world_size, nodes=nodes, **cfg)] for r in range(world_size)]
 
 
 def check_epoch(per_rank: list[list[list[str]]], num_samples: int, global_batch: int, nodes: int = 1) -> list[str]:
@@ -267,22 +240,6 @@ def test_url_shards_find_their_manifest_beside_them(dataset, tmp_path):
 def test_batch_larger_than_the_split_is_refused(dataset):
     with pytest.raises(DataError, match="global batch 48 .* is larger than split 'train' \\(45 samples\\)"):
         make_loader(dataset, batch_size=24, world_size=2)
-
-
-def write_tiny_shards(directory: Path, count: int) -> None:
-    """`count` one-sample shards of a 4x4 gray raw image, written directly (build_dataset takes ~5 ms a shard)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    infos = []
-    for i in range(count):
-        key, data = sample_key(i), encode_image(np.full((4, 4, 1), i % 251, np.uint8), "raw")
-        member = tarfile.TarInfo(f"{key}.npy")
-        member.size = len(data)
-        blob = member.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % 512)
-        shard = blob + b"\0" * 1024  # end-of-archive blocks
-        name = f"train-{i:06d}.tar"
-        (directory / name).write_bytes(shard)
-        infos.append(ShardInfo(name, 1, len(shard), hashlib.sha256(shard).hexdigest(), [0, len(blob)]))
-    Manifest(4, 4, 1, "raw", {"train": SplitInfo(infos)}, root=directory).write(directory)
 
 
 EPOCH_SCRIPT = """

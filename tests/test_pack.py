@@ -23,25 +23,10 @@ from shardgan.manifest import load_manifest
 from shardgan.pack import PackOptions, pack_dataset
 from shardgan.synthetic import write_frames
 
-from .conftest import PYTHON
+from .conftest import PYTHON, write_video
+from .pack_runs import SMALL, cli_error, pack, read_webdataset, tree_bytes
 
 SHARDGAN = str(Path(PYTHON).parent / "shardgan")
-SMALL = PackOptions(EncodeOptions(FrameSpec(40, 30)), CutOptions(samples_per_shard=8))
-
-
-def pack(src: Path, dst: Path, options: PackOptions = SMALL, **kwargs) -> None:
-    pack_dataset(src, dst, options, log=lambda line: None, **kwargs)
-
-
-def tree_bytes(directory: Path) -> dict[str, bytes]:
-    """Every file under `directory` (hidden ones too) by relative path: equal trees are equal dicts."""
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def read_webdataset(dst: Path, split: str = "train") -> list[dict]:
-    urls = [str(dst / s.name) for s in load_manifest(dst).split(split).shards]
-    return list(wds.WebDataset(urls, shardshuffle=False))
-
 
 @pytest.mark.parametrize("image_format", ["png", "raw"])
 def test_samples_read_back_with_webdataset_match_inputs(tmp_path: Path, image_format: str) -> None:
@@ -102,34 +87,26 @@ def test_rerun_is_a_no_op_and_a_different_dataset_needs_overwrite(tmp_path: Path
     assert tree_bytes(tmp_path / "dst") == tree_bytes(tmp_path / "fresh")
 
 
-def _cli_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> str:
-    code = cli.main(list(args))
-    # Progress bars (lines redrawn with \r) may come first; the error itself is exactly one line.
-    lines = [line for line in capsys.readouterr().err.split("\n") if line and "\r" not in line]
-    assert code != 0 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
-
-
-def test_cli_argument_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_cli_argument_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src, empty = tmp_path / "src", tmp_path / "empty"
     write_frames(src, 3)
     empty.mkdir()
     (empty / "readme.txt").write_text("no frames here")
     pack(src, tmp_path / "dst")
     capsys.readouterr()  # the progress bars of that pack
-    assert "no image or video files" in _cli_error(monkeypatch, capsys, "pack", str(empty), str(tmp_path / "d"))
+    assert "no image or video files" in cli_error(capsys, "pack", str(empty), str(tmp_path / "d"))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "noise.png").write_bytes(b"not a png")
-    assert "no usable frame among 1 inputs (skipped: 1 not an image" in _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "junk"), str(tmp_path / "j"))
-    assert "inside SRC" in _cli_error(monkeypatch, capsys, "pack", str(src), str(src / "shards"))
-    assert "different dataset" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "dst"), "--size", "20x10")
-    assert "--part" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--part", "3/2")
-    assert "--val" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--val", "x")
-    assert "--shard-size: expected a size like 200GB" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--shard-size", "12 parsecs")
-    assert "--shard-size must be positive, got 0" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--shard-size", "0")
-    assert "--channels" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--channels", "2")
-    assert "--chroma must be one of 444|420" in _cli_error(monkeypatch, capsys, "pack", str(src), str(tmp_path / "d"), "--chroma", "422")
-    assert "no manifest.json" in _cli_error(monkeypatch, capsys, "inspect", str(tmp_path))
+    assert "no usable frame among 1 inputs (skipped: 1 not an image" in cli_error(capsys, "pack", str(tmp_path / "junk"), str(tmp_path / "j"))
+    assert "inside SRC" in cli_error(capsys, "pack", str(src), str(src / "shards"))
+    assert "different dataset" in cli_error(capsys, "pack", str(src), str(tmp_path / "dst"), "--size", "20x10")
+    assert "--part" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--part", "3/2")
+    assert "--val" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--val", "x")
+    assert "--shard-size: expected a size like 200GB" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--shard-size", "12 parsecs")
+    assert "--shard-size must be positive, got 0" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--shard-size", "0")
+    assert "--channels" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--channels", "2")
+    assert "--chroma must be one of 444|420" in cli_error(capsys, "pack", str(src), str(tmp_path / "d"), "--chroma", "422")
+    assert "no manifest.json" in cli_error(capsys, "inspect", str(tmp_path))
 
 
 @pytest.mark.multiproc
@@ -143,7 +120,6 @@ def test_cli_subprocess_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_videos_are_packed_every_kth_frame_with_frame_keys(tmp_path: Path) -> None:
-    from .test_frames import write_video
 
     write_frames(tmp_path / "src", 4)
     write_video(tmp_path / "src" / "speedrun.mkv", 10)

@@ -14,8 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import build_dataset
-from .faults.test_loader_faults import corrupt_images
+from .conftest import build_dataset, corrupt_images, write_tiny_shards
 from shardgan.errors import CorruptSampleError, DataError
 from shardgan.manifest import Manifest, SplitInfo, load_manifest
 from shardgan.reader import ShardReader, load_samples
@@ -157,8 +156,6 @@ def test_a_replaced_shard_is_read_anew(tmp_path):
 
 def test_an_unusual_tar_layout_is_read_by_the_slow_path(tmp_path):
     """One member per sample, written by tarfile itself (no .json): not pack's layout, still readable."""
-    from .test_loader import write_tiny_shards
-
     write_tiny_shards(tmp_path, 5)
     reader = ShardReader(ShardSource(load_manifest(tmp_path), "train", None))
     out = np.zeros((5, 4, 4, 1), np.uint8)

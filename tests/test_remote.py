@@ -19,8 +19,7 @@ from shardgan.evaluate import load_real_images
 
 from .conftest import PYTHON, build_dataset
 from .http_server import serve
-from .test_loader import SIZES, all_ranks_epoch, make_loader, take
-from .test_loader_ddp import run_torchrun
+from .loader_runs import SIZES, all_ranks_epoch, make_loader, run_torchrun, take
 from .trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, train_args, train_inprocess, wait_for
 
 PATTERN = "train-{000000..000003}.tar"

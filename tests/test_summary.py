@@ -8,7 +8,7 @@ from shardgan.pack import pack_dataset
 from shardgan.summary import Outcome
 from shardgan.synthetic import write_frames
 
-from .test_pack import SMALL
+from .pack_runs import SMALL
 
 
 def test_summary_profiles_every_stage(tmp_path: Path) -> None:

@@ -173,7 +173,7 @@ def rpgan_trainer(r1: float, r2: float, every: int, **model):
     """A tiny rpgan trainer on the CPU, no augmentation of any kind (D sees the images as loaded)."""
     from shardgan.distributed import DistInfo
     from shardgan.trainer import build_trainer
-    from tests.test_trainer import tiny_config
+    from tests.trainer_runs import tiny_config
 
     cfg = tiny_config(d_batchnorm=False, **model)
     cfg.model.loss = "rpgan"
@@ -268,7 +268,7 @@ def _ddp_rank(rank: int, port: int, results) -> None:
     from shardgan import distributed as dist
     from shardgan.train import train_step
     from shardgan.trainer import build_trainer
-    from tests.test_trainer import tiny_config
+    from tests.trainer_runs import tiny_config
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

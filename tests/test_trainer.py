@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from shardgan.config import Config
 from shardgan.distributed import DistInfo, LateAgreement
 from shardgan.errors import ConfigError
 from shardgan.trainer import (
@@ -24,16 +23,9 @@ from shardgan.trainer import (
     total_steps,
 )
 from tests.conftest import build_dataset
+from tests.trainer_runs import tiny_config
 
 ALONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-def tiny_config(**model: int) -> Config:
-    cfg = Config()
-    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 24, 16, 8, 4, 4
-    for key, value in model.items():
-        setattr(cfg.model, key, value)
-    return cfg
 
 
 def test_the_same_seed_builds_the_same_trainer_without_global_seeding() -> None:

@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import PYTHON, ROOT, build_dataset
+import torch
+
+from .conftest import PYTHON, ROOT, build_dataset, corrupt_images
 from shardgan.config import DataConfig
-from shardgan.errors import DataError
+from shardgan.errors import CorruptSampleError, DataError
 from shardgan.loader import ShardLoader
+from shardgan.reader import ShardReader
+from shardgan.shards import sample_key
+from shardgan.source import ShardSource
+from shardgan.synthetic import game_frame
+from shardgan.workers import ReadingProcesses
 
 
 def loader(shards: Path, workers: int, **cfg) -> ShardLoader:
@@ -38,6 +45,29 @@ def test_processes_read_what_the_training_thread_reads(tmp_path, image_format):
     for _ in range(2):  # the processes live across the epoch end
         assert_equal_epochs(epoch(inline), epoch(forked))
     forked.close()
+
+
+def test_each_task_fills_the_ring_slot_it_names_and_errors_come_back_as_answers(tmp_path):
+    """ReadingProcesses on its own: a task is (slot, positions), its answer the keys (in task
+    order per process), its pixels in that slot of the shared ring; a read error is raised by receive."""
+    manifest = build_dataset(tmp_path, [9, 14, 6])
+    corrupt_images(tmp_path / "train-000001.tar", [sample_key(12)])
+    ring = torch.zeros((3, 3, 12, 16, 3), dtype=torch.uint8).share_memory_()  # (slots, B, H, W, C)
+    processes = ReadingProcesses(lambda: ShardReader(ShardSource(manifest, "train", None)), ring, 2, "fail")
+    try:
+        processes.send(0, 2, np.array([[1, 0], [1, 1], [1, 2]]))  # [shard, index]: samples 9, 10, 11
+        processes.send(1, 0, np.array([[2, 5], [0, 0], [0, 8]]))  # samples 28, 0, 8
+        processes.send(0, 1, np.array([[0, 3], [0, 4], [1, 13]]))  # samples 3, 4, 22
+        assert processes.receive(0) == ([sample_key(i) for i in (9, 10, 11)], [])  # its first task first
+        assert processes.receive(0) == ([sample_key(i) for i in (3, 4, 22)], [])
+        assert processes.receive(1) == ([sample_key(i) for i in (28, 0, 8)], [])
+        for slot, samples in {2: (9, 10, 11), 0: (28, 0, 8), 1: (3, 4, 22)}.items():
+            np.testing.assert_array_equal(ring[slot].numpy(), np.stack([game_frame(i, 16, 12) for i in samples]))
+        processes.send(1, 0, np.array([[1, 2], [1, 3]]))  # sample 12 is corrupt, and on_corrupt is fail
+        with pytest.raises(CorruptSampleError, match="corrupt sample '000000012' in train-000001.tar"):
+            processes.receive(1)
+    finally:
+        processes.close()
 
 
 def assert_equal_epochs(a, b) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan.cli import main
+from shardgan.config import Config
 from shardgan.resume import AUGMENT_STATE
 from tests.conftest import PYTHON, ROOT, build_dataset
 
@@ -30,7 +31,19 @@ STEPS = 40
 """15 batches per epoch: 40 steps cross two epoch ends, and stops mid-epoch."""
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [str(Path(PYTHON).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "--signals_to_handle=SIGTERM,SIGINT,SIGUSR1"]
+INJECT = ROOT / "tests" / "faults" / "inject"
+"""The fault-injection sitecustomize the fault tests put on PYTHONPATH (see its docstring)."""
 COMPARED = (ckpt.G, ckpt.D, ckpt.EMA, ckpt.OPT_G, ckpt.OPT_D, ckpt.STEP, ckpt.LOADER, ckpt.FIXED_NOISE, AUGMENT_STATE)
+
+
+def tiny_config(**model: int) -> Config:
+    """A 24x16 model, 8 latents, 4 filters a layer, for trainers built in the test process; `model`
+    overrides other model fields."""
+    cfg = Config()
+    cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 24, 16, 8, 4, 4
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    return cfg
 
 
 @contextlib.contextmanager

@@ -19,8 +19,7 @@ import pytest
 
 from shardgan.synthetic import write_frames
 from tests.conftest import PYTHON, ROOT
-from tests.faults.test_train_faults import INJECT
-from tests.trainer_runs import CONFIG, ENV, wait_for
+from tests.trainer_runs import CONFIG, ENV, INJECT, wait_for
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 

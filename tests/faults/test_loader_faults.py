@@ -5,31 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ..conftest import build_dataset
-from ..test_loader import make_loader
-from ..test_loader_ddp import run_torchrun
+from ..conftest import build_dataset, corrupt_images
+from ..loader_runs import SIZES, make_loader, run_torchrun
 from ..trainer_runs import train_inprocess
 from shardgan.errors import CorruptSampleError, DataError
 from shardgan.synthetic import game_frame
-
-SIZES = [7, 13, 5, 20]
-
-
-def corrupt_images(shard: Path, keys: list[str]) -> None:
-    """Overwrite the middle of each key's image data with junk, keeping the file size."""
-    with tarfile.open(shard) as tar:
-        spans = [(m.offset_data, m.size) for m in tar if m.name.split(".")[0] in keys and not m.name.endswith(".json")]
-    assert len(spans) == len(keys)
-    with open(shard, "r+b") as f:
-        for offset, size in spans:
-            f.seek(offset + size // 4)
-            f.write(b"\xde\xad\xbe\xef" * (size // 8))
 
 
 def epoch(shards: Path, world_size: int, **cfg) -> list[list[dict]]:

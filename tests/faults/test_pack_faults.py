@@ -30,9 +30,8 @@ from shardgan.manifest import load_manifest
 from shardgan.pack import WORK_DIR, WORKLIST_NAME, PackOptions, pack_dataset
 from shardgan.synthetic import game_frame, write_frames
 
-from ..conftest import PYTHON, ROOT
-from ..test_frames import png_bomb
-from ..test_pack import _cli_error, pack, tree_bytes
+from ..conftest import PYTHON, ROOT, png_bomb
+from ..pack_runs import cli_error, pack, tree_bytes
 
 KILL_OPTIONS = PackOptions(EncodeOptions(FrameSpec(40, 30)), CutOptions(samples_per_shard=6, val=4))
 KILL_ARGS = ["--size", "40x30", "--samples-per-shard", "6", "--val", "4", "--workers", "2"]
@@ -317,16 +316,16 @@ def test_disk_full_gives_a_clear_error_and_no_partial_file(tmp_path: Path, monke
     assert tree_bytes(tmp_path / "dst") == reference
 
 
-def test_unwritable_dst_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_unwritable_dst_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_frames(tmp_path / "src", 3)
     (tmp_path / "a_file").write_text("not a directory")
-    err = _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "src"), str(tmp_path / "a_file" / "dst"))
+    err = cli_error(capsys, "pack", str(tmp_path / "src"), str(tmp_path / "a_file" / "dst"))
     assert "pack stopped writing to" in err and "Not a directory" in err
 
 
-def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_val_larger_than_the_input_is_refused_before_encoding(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_frames(tmp_path / "src", 12)
-    err = _cli_error(monkeypatch, capsys, "pack", str(tmp_path / "src"), str(tmp_path / "dst"), "--val", "1000")
+    err = cli_error(capsys, "pack", str(tmp_path / "src"), str(tmp_path / "dst"), "--val", "1000")
     assert f"--val 1000 asks for 1000 validation samples but {tmp_path / 'src'} holds only 12 frames" in err
     assert not (tmp_path / "dst" / ".work").exists()  # nothing was encoded
 

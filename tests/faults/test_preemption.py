@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.test_train_faults import INJECT
-from tests.trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, process_tree, torchrun_args, wait_for, worker_pids
+from tests.trainer_runs import ENV, INJECT, STEPS, assert_same_final, checkpoint_exists, newest_step, process_tree, torchrun_args, wait_for, worker_pids
 
 pytestmark = pytest.mark.multiproc  # every test here starts Python processes
 

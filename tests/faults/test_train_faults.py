@@ -27,6 +27,7 @@ from shardgan import train as train_module
 from shardgan.stop import EXIT_STOPPED
 from tests.trainer_runs import (
     ENV,
+    INJECT,
     STEPS,
     assert_same_final,
     checkpoint_exists,
@@ -37,8 +38,6 @@ from tests.trainer_runs import (
     wait_for,
     worker_pids,
 )
-
-INJECT = Path(__file__).parent / "inject"
 
 
 def start_restarting(shards: Path, run: Path, marker: Path, **inject: str) -> subprocess.Popen:
