@@ -36,6 +36,10 @@ class DataConfig:
     of what the cache's file system has free (plus what the cache holds) at start; "0": never."""
     prefetch_shards: int = 2
     """Remote shards each rank's loader downloads ahead of the one it is reading."""
+    read_ahead: int = 1
+    """Local shards each rank's loader reads ahead into the page cache, in large sequential
+    requests, while its workers read the current one: on a parallel file system the first epoch is
+    otherwise one small random read per sample. Pages already cached are not read again. 0: off."""
     fetch_attempts: int = 5
     """Tries per download of a shard or manifest before a one-line error names its URL."""
     fetch_backoff_s: float = 1.0
@@ -85,6 +89,7 @@ class DataConfig:
         _check(self.progress_every_s >= 0, "data.progress_every_s must be >= 0")
         _check(self.decode_device in ("cpu", "cuda"), "data.decode_device must be 'cpu' or 'cuda'")
         _check(self.prefetch_shards >= 0, "data.prefetch_shards must be >= 0")
+        _check(self.read_ahead >= 0, "data.read_ahead must be >= 0")
         _check(self.fetch_attempts >= 1, "data.fetch_attempts must be >= 1")
         _check(self.fetch_backoff_s >= 0 and self.fetch_timeout_s > 0, "data.fetch_backoff_s must be >= 0, data.fetch_timeout_s > 0")
         self.cache_limit_bytes  # refused now, not at the first download

@@ -19,7 +19,9 @@ copy has finished, so the training loop never waits for it.
 
 Remote shards (http(s), s3, `pipe:` URLs) are fetched whole into the node-local cache
 (cache.py), verified against the manifest's sha256, and read from there the same way, so
-resuming deep into an epoch costs the same for them as for local shards.
+resuming deep into an epoch costs the same for them as for local shards. Local shards are read
+ahead (`data.read_ahead`, readahead.py): the rank's next shard, in large sequential requests,
+into the page cache, so a parallel file system is not read one small random request per sample.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .cache import Prefetcher, cache_warnings
 from .config import DataConfig
 from .errors import DataError
 from .plan import RankPlan, epoch_order
+from .readahead import ReadAhead
 from .reader import CorruptReport, ShardReader
 from .source import build_cache, resolve_source
 from .workers import ReadingProcesses
@@ -228,14 +231,16 @@ class ShardLoader:
         return {"image": images, "key": keys}
 
     def _prefetcher(self, order: np.ndarray, plan: RankPlan) -> Prefetcher | None:
-        """For remote shards: a thread fetching this rank's shards in first-use order."""
-        cache = self._reader.cache
-        if cache is None:
+        """A thread that works through this rank's shards in first-use order: remote ones are
+        downloaded into the cache, local ones read ahead into the page cache (readahead.py)."""
+        cache, shards = self._reader.cache, self.source.shards
+        if cache is not None:
+            urls = self.source.urls
+            return Prefetcher(lambda s: cache.ensure(urls[s], shards[s]), plan.shard_sequence(order), self.cfg.prefetch_shards)
+        if self.cfg.read_ahead == 0:
             return None
-        shards, urls = self.source.shards, self.source.urls
-        read = order[(plan.batch_indices(0) + plan.per_piece * np.arange(plan.num_batches)[:, None]).ravel(), 0]
-        sequence = list(dict.fromkeys(read.tolist()))
-        return Prefetcher(lambda s: cache.ensure(urls[s], shards[s]), sequence, self.cfg.prefetch_shards)
+        paths = [self.manifest.shard_path(info) for info in shards]
+        return Prefetcher(ReadAhead(paths), plan.shard_sequence(order), self.cfg.read_ahead)
 
     def _drain(self) -> None:
         """Take back the answers of batches still being read (their errors belong to an epoch already left)."""

@@ -87,3 +87,8 @@ class RankPlan:
         slot = self.rank * self.batch_size + np.arange(self.batch_size)
         piece, offset = np.divmod(slot, self.per_piece)
         return piece * self.piece + self.samples_seen // self.canonical_nodes + batch * self.per_piece + offset
+
+    def shard_sequence(self, order: np.ndarray) -> list[int]:
+        """The shards this rank reads, in first-use order (what the loader fetches or reads ahead)."""
+        read = order[(self.batch_indices(0) + self.per_piece * np.arange(self.num_batches)[:, None]).ravel(), 0]
+        return list(dict.fromkeys(read.tolist()))

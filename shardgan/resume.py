@@ -49,7 +49,7 @@ CHANGE_POLICY: dict[str, str] = {
     **dict.fromkeys(("train.deterministic", "train.backend"), APPLIED),
     # free: where things are, how fast they load, when to stop, log, save or evaluate
     **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor", "data.progress_every_s"), FREE),
-    **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
+    **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.read_ahead", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
     **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals"), FREE),
     **dict.fromkeys(("train.sample_at_epoch_end", "train.collective_timeout_s"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),

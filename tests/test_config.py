@@ -15,7 +15,7 @@ OUT_OF_RANGE: dict[str, str | None] = {
     # a value each key refuses; None: every value of the type is allowed here (names, paths,
     # switches), and a bad one is refused where it is used (a missing file, an unknown split)
     "data.shards": None, "data.manifest": None, "data.cache_dir": None, "data.cache_limit": "lots",
-    "data.prefetch_shards": "-1", "data.fetch_attempts": "0", "data.fetch_backoff_s": "-1", "data.fetch_timeout_s": "0",
+    "data.prefetch_shards": "-1", "data.read_ahead": "-1", "data.fetch_attempts": "0", "data.fetch_backoff_s": "-1", "data.fetch_timeout_s": "0",
     "data.split": None, "data.batch_size": "0", "data.num_workers": "-1", "data.seed": "-1", "data.canonical_nodes": "-1", "data.on_corrupt": "ignore",
     "data.pin_memory": None, "data.prefetch_factor": "0", "data.progress_every_s": "-1", "data.decode_device": "gpu", "data.translate_px": "-1", "data.color_jitter": "-0.1", "data.hflip": None,
     "model.width": "7", "model.height": "4", "model.channels": "2", "model.nz": "0", "model.ngf": "0", "model.ndf": "0",

@@ -84,3 +84,12 @@ def test_each_node_reads_only_its_pieces_in_contiguous_runs():
 def test_canonical_nodes_must_divide_the_global_batch():
     with pytest.raises(ValueError, match="multiples of 4 canonical nodes"):
         RankPlan(0, 0, N, 3, 0, 1, 4)
+
+
+@pytest.mark.parametrize("samples_seen", [0, 24])
+def test_shard_sequence_is_the_shards_a_rank_reads_in_first_use_order(samples_seen):
+    sizes = [7, 13, 5, 20, 9, 11]
+    order = epoch_order(sizes, 3, 0)
+    plan = RankPlan(0, samples_seen, sum(sizes), 4, 1, 3, canonical_nodes=2)
+    read = [int(s) for b in range(plan.num_batches) for s in order[plan.batch_indices(b), 0]]
+    assert plan.shard_sequence(order) == list(dict.fromkeys(read))

@@ -1,0 +1,87 @@
+"""Read-ahead of local shards into the page cache, so a first epoch is not latency-bound.
+
+The reader maps shards and the epoch order visits a shard's samples in random order: on a
+parallel file system (Lustre, NFS) each sample of a shard not yet in the page cache is then one
+small random read paying the network's latency (~18 KB at ~0.5 ms: ~2,000 samples/s per
+worker). A `ReadAhead` reads the loader's next shard in large sequential requests (4 MiB), in
+the loader's prefetch thread (cache.Prefetcher), so the reading processes find its pages
+resident. It reads only the chunks that `mincore` says are not all in the page cache: on a warm
+node (a later epoch, a restart) a shard costs one mincore call, nothing more.
+
+The page cache is the node's, so one read-ahead per rank serves all of its reading processes.
+It only reads: batches, their order and every reader guarantee are the same with it or without.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import mmap
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20
+"""One read-ahead request: large enough that latency is paid per 4 MiB, not per sample."""
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident_pages(fd: int, size: int) -> np.ndarray:
+    """One bool per page of the file's first `size` bytes: is it in the page cache now?
+    All False where the system cannot say (then everything counts as worth reading)."""
+    pages = -(-size // mmap.PAGESIZE)
+    if pages == 0:
+        return np.zeros(0, bool)
+    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address in (None, _MAP_FAILED):
+        return np.zeros(pages, bool)
+    try:
+        vec = np.zeros(pages, np.uint8)
+        if _libc.mincore(address, size, vec.ctypes.data) != 0:
+            return np.zeros(pages, bool)
+        return (vec & 1).astype(bool)
+    finally:
+        _libc.munmap(address, size)
+
+
+class ReadAhead:
+    """Called with a shard's index, reads the chunks of its file not yet in the page cache.
+
+    Not thread-safe (one reusable buffer): one per prefetch thread.
+    """
+
+    def __init__(self, paths: Sequence[Path], chunk_bytes: int = CHUNK_BYTES):
+        self.paths = paths
+        self.chunk_bytes = chunk_bytes
+        self._buffer = bytearray(chunk_bytes)
+
+    def __call__(self, shard: int) -> int:
+        """Bytes read from the file (0: it was all in the page cache)."""
+        fd = os.open(self.paths[shard], os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            missing = ~resident_pages(fd, size)
+            per_chunk = self.chunk_bytes // mmap.PAGESIZE
+            done = 0
+            for first in range(0, len(missing), per_chunk):
+                if missing[first : first + per_chunk].any():
+                    done += self._read(fd, first * mmap.PAGESIZE)
+            log.debug("read ahead %s: %d of %d bytes were not in the page cache", self.paths[shard], done, size)
+            return done
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, offset: int) -> int:
+        """One request: the chunk at `offset` (the GIL is released while it waits)."""
+        return os.preadv(fd, [self._buffer], offset)
