@@ -37,22 +37,24 @@ _libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def resident_pages(fd: int, size: int) -> np.ndarray:
-    """One bool per page of the file's first `size` bytes: is it in the page cache now?
-    All False where the system cannot say (then everything counts as worth reading)."""
-    pages = -(-size // mmap.PAGESIZE)
+def resident_pages(fd: int, start: int, end: int) -> np.ndarray:
+    """One bool per page of the file's bytes [start, end) (from start's page on): is it in the
+    page cache now? All False where the system cannot say (then everything is worth reading)."""
+    first = start - start % mmap.PAGESIZE
+    length = end - first
+    pages = max(0, -(-length // mmap.PAGESIZE))
     if pages == 0:
         return np.zeros(0, bool)
-    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    address = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, first)
     if address in (None, _MAP_FAILED):
         return np.zeros(pages, bool)
     try:
         vec = np.zeros(pages, np.uint8)
-        if _libc.mincore(address, size, vec.ctypes.data) != 0:
+        if _libc.mincore(address, length, vec.ctypes.data) != 0:
             return np.zeros(pages, bool)
         return (vec & 1).astype(bool)
     finally:
-        _libc.munmap(address, size)
+        _libc.munmap(address, length)
 
 
 class ReadAhead:
@@ -71,7 +73,7 @@ class ReadAhead:
         fd = os.open(self.paths[shard], os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            missing = ~resident_pages(fd, size)
+            missing = ~resident_pages(fd, 0, size)
             per_chunk = self.chunk_bytes // mmap.PAGESIZE
             done = 0
             for first in range(0, len(missing), per_chunk):

@@ -30,7 +30,7 @@ def evict(path: Path) -> None:
 def resident(path: Path) -> np.ndarray:
     fd = os.open(path, os.O_RDONLY)
     try:
-        return resident_pages(fd, os.fstat(fd).st_size)
+        return resident_pages(fd, 0, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
