@@ -1,8 +1,12 @@
-"""Many nodes as real torchrun agents (tests/nodes.py): each node fetches only its share."""
+"""Many nodes as real torchrun agents (tests/nodes.py): each node fetches only its share, and
+a lost node costs the job nothing (longer, seeded variants of the kill tests under `make soak`)."""
 
 from __future__ import annotations
 
 import json
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,49 +54,114 @@ def test_each_node_fetches_only_its_share_of_an_epoch(dataset: Path, tmp_path: P
 
 
 
-def _train(shards: Path, run: Path) -> list[str]:
-    return ["-m", "shardgan.train", *train_args(shards, run, "data.num_workers=1")]
+@dataclass(frozen=True)
+class Kill:
+    """Node `node` loses every process `delay_s` after its run reaches `after_step` (fixed size:
+    the newest checkpoint's step; elastic: steps saved by the current 3-node attempt)."""
+
+    node: int
+    after_step: int
+    delay_s: float
 
 
-def test_a_node_killed_mid_epoch_is_replaced_and_the_run_ends_bit_exact(tiny_shards: Path, tmp_path: Path) -> None:
+def fixed_kills(trial: int | None) -> tuple[int, tuple[Kill, ...]]:
+    """(train.max_steps, kills): one kill at step 10 of the 40-step run (`make test`), or 2-3
+    kills at seeded random moments of an 80-step run (`make soak`). Node 0 hosts the store."""
+    if trial is None:
+        return STEPS, (Kill(1, 10, 0.0),)
+    rng = random.Random(trial)
+    bins = sorted(rng.sample(range(6), rng.randint(2, 3)))  # kills >= 10 steps apart, the last before step 65
+    return 80, tuple(Kill(1, 5 + 10 * b + rng.randrange(5), rng.uniform(0.0, 0.5)) for b in bins)
+
+
+def elastic_kills(trial: int | None) -> tuple[int, tuple[Kill, ...]]:
+    """(shards, kills): node 2 killed once (`make test`), or twice, node 1 or 2 at seeded random
+    moments of a twice-as-long epoch, the lost node replaced in between (`make soak`)."""
+    if trial is None:
+        return SHARDS, (Kill(2, 4, 0.0),)
+    rng = random.Random(trial)
+    return 2 * SHARDS, tuple(Kill(rng.choice([1, 2]), rng.randint(2, 6), rng.uniform(0.0, 0.5)) for _ in range(2))
+
+
+TRIALS = [None, *(pytest.param(t, marks=pytest.mark.soak, id=f"soak{t}") for t in range(3))]
+"""None: the `make test` run; the soak trials repeat it longer, with more kills, seeded."""
+
+
+def _train(shards: Path, run: Path, steps: int) -> list[str]:
+    return ["-m", "shardgan.train", *train_args(shards, run, "data.num_workers=1", f"train.max_steps={steps}")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory):
+    """An uninterrupted 2-node run of `steps` steps, run once per length."""
+    runs: dict[int, Path] = {}
+
+    def run(steps: int) -> Path:
+        if steps not in runs:
+            straight = tmp_path_factory.mktemp(f"straight{steps}") / "run"
+            job = Nodes(2, 1, _train(tiny_shards, straight, steps), straight.parent)
+            assert job.wait() == [0, 0], job.logs()
+            runs[steps] = straight
+        return runs[steps]
+
+    return run
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_a_node_killed_mid_epoch_is_replaced_and_the_run_ends_bit_exact(tiny_shards: Path, uninterrupted, tmp_path: Path, trial: int | None) -> None:
     """2 nodes of 1 rank. Node 1's agent and rank are SIGKILLed together mid-epoch; a new agent
     takes its place with the same command (as a cluster's node replacement would), the survivor's
     agent restarts its rank (--max-restarts), and the run resumes from the newest checkpoint in the
     shared run root: its final state equals an uninterrupted 2-node run's, bit for bit."""
-    straight, run = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
-    uninterrupted = Nodes(2, 1, _train(tiny_shards, straight), straight.parent)
-    assert uninterrupted.wait() == [0, 0], uninterrupted.logs()
-    job = Nodes(2, 1, _train(tiny_shards, run), run.parent, max_restarts=2)
-    wait_for(lambda: newest_step(run) >= 10, job.agents[0], timeout_s=180)
-    job.kill(1)
-    assert newest_step(run) < STEPS
-    job.replace(1)
+    steps, kills = fixed_kills(trial)
+    print(f"trial {trial}: {steps} steps, kills {kills}")
+    straight, run = uninterrupted(steps), tmp_path / "killed" / "run"
+    job = Nodes(2, 1, _train(tiny_shards, run, steps), run.parent, max_restarts=2 * len(kills) + 1)
+    killed_at = 0
+    for kill in kills:
+        wait_for(lambda: newest_step(run) >= max(kill.after_step, killed_at + 5), job.agents[0], timeout_s=180)
+        time.sleep(kill.delay_s)
+        job.kill(kill.node)
+        killed_at = newest_step(run)
+        assert killed_at < steps, f"the run ended before {kill}"
+        job.replace(kill.node)
     assert job.wait() == [0, 0], job.logs()
     assert "resum" in job.logs()
-    assert_same_final(straight, run)
+    assert_same_final(straight, run, steps)
 
 
-def test_survivors_of_a_lost_node_continue_the_epoch_elastically(dataset: Path, tmp_path: Path) -> None:
-    """--nnodes=2:3, data.canonical_nodes=6: node 2 is killed mid-epoch with every process on it,
-    the two survivors re-rendezvous and finish the epoch from the last saved position, each on
-    its own pieces: every sample at most once, and all but a remainder < one global batch + 6."""
-    run = tmp_path / "run"
+def _saved_in_world(run: Path, world_size: int, steps: int) -> bool:
+    """The newest attempt has `world_size` ranks and has saved `steps` steps past its start."""
+    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()] if (run / "attempts.jsonl").exists() else []
+    saved = json.loads((run / "position.json").read_text())["step"] if (run / "position.json").exists() else 0
+    return bool(attempts) and attempts[-1]["world_size"] == world_size and saved >= attempts[-1]["start"] + steps
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_survivors_of_a_lost_node_continue_the_epoch_elastically(tmp_path: Path, trial: int | None) -> None:
+    """--nnodes=2:3, data.canonical_nodes=6: a node is killed mid-epoch with every process on it,
+    the two survivors re-rendezvous and continue the epoch from the last saved position, each on
+    its own pieces (a replacement, where the trial has one, joins the next round): every sample
+    at most once, and all but a remainder < one global batch + 6."""
+    shards, kills = elastic_kills(trial)
+    print(f"trial {trial}: {shards} shards, kills {kills}")
+    dataset, run = tmp_path / "data", tmp_path / "run"
+    build_dataset(dataset, [PER_SHARD] * shards)
     run.mkdir()
     script = tmp_path / "elastic.py"
     script.write_text(ELASTIC_SCRIPT)
-    job = Nodes(3, 1, [str(script), str(dataset), str(run)], tmp_path, nnodes="2:3", max_restarts=3)
-
-    def three_nodes_saved() -> bool:
-        worlds = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()] if (run / "attempts.jsonl").exists() else []
-        saved = json.loads((run / "position.json").read_text())["step"] if (run / "position.json").exists() else 0
-        return bool(worlds) and worlds[-1]["world_size"] == 3 and saved >= worlds[-1]["start"] + 4
-
-    wait_for(three_nodes_saved, job.agents[0], timeout_s=180)
-    job.kill(2)
+    job = Nodes(3, 1, [str(script), str(dataset), str(run)], tmp_path, nnodes="2:3", max_restarts=3 * len(kills))
+    for i, kill in enumerate(kills):
+        if i:  # the node lost before is replaced once the survivors have moved on
+            wait_for(lambda: _saved_in_world(run, 2, 2), job.agents[0], timeout_s=180)
+            job.replace(kills[i - 1].node)
+        wait_for(lambda: _saved_in_world(run, 3, kill.after_step), job.agents[0], timeout_s=180)
+        time.sleep(kill.delay_s)
+        job.kill(kill.node)
     codes = job.wait()
-    assert codes[:2] == [0, 0], job.logs()
+    assert [c for n, c in enumerate(codes) if n != kills[-1].node] == [0, 0], job.logs()
     worlds, keys = elastic_timeline(run)
-    assert worlds[-2:] == [3, 2], worlds
+    assert worlds[-1] == 2 and sum((a, b) == (3, 2) for a, b in zip(worlds, worlds[1:])) >= len(kills), worlds
     assert len(keys) == len(set(keys)), "a sample was trained twice"
-    assert set(keys) <= {f"{i:09d}" for i in range(SHARDS * PER_SHARD)}
-    assert SHARDS * PER_SHARD - len(keys) < 2 * 6 + 6, "samples were skipped"
+    assert set(keys) <= {f"{i:09d}" for i in range(shards * PER_SHARD)}
+    assert shards * PER_SHARD - len(keys) < 2 * 6 + 6, "samples were skipped"

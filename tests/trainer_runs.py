@@ -116,9 +116,9 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any], where: str = "") -> 
         assert a == b, f"differs at {where}: {a!r} != {b!r}"
 
 
-def assert_same_final(a: Path, b: Path) -> None:
+def assert_same_final(a: Path, b: Path, steps: int = STEPS) -> None:
     sa, sb = newest(a), newest(b)
-    assert sa[ckpt.STEP] == sb[ckpt.STEP] == STEPS
+    assert sa[ckpt.STEP] == sb[ckpt.STEP] == steps
     for key in COMPARED:
         assert_same_state(sa[key], sb[key], key)
 
