@@ -92,6 +92,8 @@ class SlowReader(ShardReader):
 
 
 class SlowReadAhead(ReadAhead):
+    """The read-ahead with each of its 4 MiB requests paying the latency first."""
+
     def __init__(self, *args, latency_s: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.latency_s = latency_s
