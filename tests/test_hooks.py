@@ -13,7 +13,7 @@ from shardgan import checkpoint as ckpt
 from shardgan.rundir import read_metrics
 from shardgan import hooks
 from shardgan import train as train_module
-from shardgan import trainer
+from shardgan import state
 from shardgan.synthetic import game_frame
 from tests.conftest import build_dataset
 from tests.trainer_runs import train_inprocess
@@ -139,7 +139,7 @@ def run_with_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: t
     """20 tiny steps on shards with a val split, the sampler replaced; an evaluation every 5 steps."""
     shards = tmp_path / "shards"
     build_dataset(shards, [40], width=24, height=16, val_sizes=(32,))
-    monkeypatch.setattr(trainer.Trainer, "sampler", property(lambda self: sampler))
+    monkeypatch.setattr(state.TrainState, "sampler", lambda self: sampler)
     run = tmp_path / "run"
     extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=32", "train.collapse_evals=2", "checkpoint.every_steps=10")
     assert train_inprocess(shards, run, *extra) == 0
