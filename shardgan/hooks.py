@@ -1,5 +1,6 @@
-"""The duties of a step boundary: agree on stop/finite/time, log, samples, evaluation, and one
-save path (`maybe_checkpoint`) for steps, minutes, epoch ends, signals and the last step.
+"""The duties of a step boundary: the first batch's grid, count the images, agree on
+stop/finite/time, log, samples, evaluation, and one save path (`maybe_checkpoint`) for steps,
+minutes, epoch ends, signals and the last step.
 
 Every decision that makes ranks take a branch (stop, non-finite loss, time to save) is
 agreed by all-reduce first, so all ranks save and stop at the same step. At an ordinary step

@@ -50,6 +50,16 @@ def test_minutes_timer_counts_from_the_last_save_not_from_epoch_ends(tiny_shards
     saves = record_saves(monkeypatch)
     assert train_inprocess(tiny_shards, tmp_path / "minutes", *NO_STEP_SAVES, "checkpoint.every_minutes=1", "checkpoint.at_epoch_end=false") == 0
     assert saves == [13, 26, 39, 40]
+    rates = [r["images_per_s"] for r in read_metrics(tmp_path / "minutes" / "metrics.jsonl") if "images_per_s" in r]
+    assert set(rates[1:]) == {8 / 5.0}  # the hooks count every step's batch of 8 (one rank), 5 s apart (the first line's
+    # interval starts on the real clock: Meter took time.perf_counter before the fake one came)
+
+
+def test_only_the_checked_losses_must_be_finite() -> None:
+    finite = {"loss_d": torch.tensor(0.5), "loss_g": torch.tensor(1.0), "d_real": torch.tensor(float("nan"))}
+    assert not hooks.not_finite(finite)  # a stat, not a loss: never stops the run
+    assert hooks.not_finite({**finite, "r1": torch.tensor(float("inf"))})  # a penalty, on the steps it is computed
+    assert hooks.not_finite({**finite, "loss_g": torch.tensor(float("nan"))})
 
 
 def test_an_epoch_end_on_a_step_checkpoint_is_written_once(tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
