@@ -54,7 +54,7 @@ def test_every_error_is_one_line_and_its_exit_code(capsys: pytest.CaptureFixture
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=None)
+    return subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.multiproc
