@@ -15,11 +15,9 @@ import hashlib
 import io
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .atomic import remove_stale_temps, write_bytes_atomic
@@ -185,23 +183,3 @@ def load_given_or_newest(directory: Path, path: Path | None = None) -> tuple[dic
         raise CheckpointError(f"no checkpoint in {directory}")
     return found
 
-
-def capture_rng(device: torch.device) -> dict[str, Any]:
-    """This process's global RNG states (torch, CUDA, numpy, random) as weights_only-safe values."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-    }
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))

@@ -7,35 +7,17 @@ usage error or `import-ini` then answer without importing torch (seconds on a co
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
-from typer._click.exceptions import ClickException  # the click that typer bundles: usage errors
 
-from . import __version__
-from .errors import ConfigError, ShardganError
+from .command import add_train_command, new_app, run_app
+from .errors import ConfigError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Pack game frames into WebDataset shards and train DCGANs on them with exact resume.",
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"shardgan {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_print_version, is_eager=True, help="Print the version and exit")) -> None:
-    """Pack game frames into WebDataset shards and train DCGANs on them with exact resume."""
+app = new_app()
 
 
 @app.command("import-ini")
@@ -145,19 +127,14 @@ def inspect_cmd(
     inspect_dataset(dst, verify=verify, grid=grid, grid_count=grid_count, seed=seed)
 
 
-@app.command("train")
-def train_cmd(
-    overrides: Optional[list[str]] = typer.Argument(None, metavar="[section.key=value]...", help="Override config keys"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config, e.g. configs/gc7m.toml"),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run directory name (default: the config file's name)"),
-    allow_config_change: bool = typer.Option(False, "--allow-config-change", metavar="", help="Resume despite a batch size, world size or train.seed change (not bit-exact; an image size change is always refused)"),
-    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Print the resolved config and exit"),
-) -> None:
-    """Train a DCGAN (one process; `torchrun -m shardgan.train` takes the same arguments, for DDP).
-    Exits 75 when a signal stopped it after its checkpoint: rerun the same command to resume."""
+def _launch(*args: Any, **kwargs: Any) -> int:
+    """train.launch, imported when the command runs (so `shardgan --help` needs no torch)."""
     from .train import launch
 
-    raise typer.Exit(launch(config, overrides or [], run_name=run_name, allow_config_change=allow_config_change, dry_run=dry_run))
+    return launch(*args, **kwargs)
+
+
+add_train_command(app, _launch)
 
 
 @app.command("generate")
@@ -202,23 +179,8 @@ def eval_cmd(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry of `shardgan`, `python -m shardgan` and `python -m shardgan.train`: user errors, usage
-    errors included, print one line (`error: ...`) and give 2 (3: a non-finite loss); a command's
-    own code is passed on (train: 75 when a signal stopped it after its checkpoint)."""
-    try:
-        code = app(args=argv, standalone_mode=False)
-    except (ShardganError, ClickException) as e:
-        message = e.format_message() if isinstance(e, ClickException) else str(e)
-        if message:  # empty for a bare `shardgan`, which has printed its help
-            print(f"error: {message}", file=sys.stderr)
-        return e.exit_code
-    except OSError as e:  # the machine's refusal (disk full, read-only, permissions): one line naming the file
-        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    code = code if isinstance(code, int) else 0
-    if code == 130 and os.environ.get("RANK", "0") == "0":  # typer's answer to a KeyboardInterrupt (train: a second Ctrl-C)
-        print("interrupted: what was complete is kept", file=sys.stderr)
-    return code
+    """Entry of `shardgan` and `python -m shardgan`: one line and an exit code per error (command.run_app)."""
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The duties of a step boundary: agree on stop/finite/time, log, samples, evaluation, and one
-save path (`maybe_checkpoint`) for steps, minutes, epoch ends, signals and the last step.
+"""The duties of a step boundary: the first batch's grid, count the images, agree on
+stop/finite/time, log, samples, evaluation, and one save path (`maybe_checkpoint`) for steps,
+minutes, epoch ends, signals and the last step.
 
 Every decision that makes ranks take a branch (stop, non-finite loss, time to save) is
 agreed by all-reduce first, so all ranks save and stop at the same step. At an ordinary step
@@ -32,7 +33,7 @@ from .resume import save_checkpoint
 from .rundir import RunDir, append_metrics, read_metrics
 from .source import split_location
 from .stop import StopFlag
-from .trainer import CHECKED, Trainer, total_steps
+from .state import TrainState, total_steps
 from .viz import save_curve, save_grid, save_loss_curve
 
 log = logging.getLogger("shardgan")
@@ -50,6 +51,15 @@ class Meter:
         rate = self.images / max(now - self.since, 1e-9)
         self.images, self.since = 0, now
         return rate
+
+
+CHECKED = ("loss_d", "loss_g", "r1", "r2")
+"""The step's losses that must be finite: the adversarial ones and the penalties (when computed)."""
+
+
+def not_finite(stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """On the device, without a read: whether any CHECKED loss of the step is NaN or infinite."""
+    return ~torch.stack([torch.isfinite(stats[k]) for k in CHECKED if k in stats]).all()
 
 
 D_WINS_REAL, D_WINS_FAKE = 0.95, 0.05
@@ -106,7 +116,7 @@ class CollapseWatchdog:
         )
 
 
-def prepare_run_dir(t: Trainer, rd: RunDir) -> None:
+def prepare_run_dir(t: TrainState, rd: RunDir) -> None:
     """Rank 0: the run directory, its resolved config and the architecture summary."""
     rd.create()
     write_bytes_atomic(rd.config, to_toml(t.cfg).encode())
@@ -117,10 +127,10 @@ def prepare_run_dir(t: Trainer, rd: RunDir) -> None:
         write_bytes_atomic(rd.architecture, f"Generator\n{g_sum}\n\nDiscriminator\n{d_sum}\n".encode())
 
 
-def save_samples(t: Trainer, path: Path) -> torch.Tensor:
+def save_samples(t: TrainState, path: Path) -> torch.Tensor:
     """Grid from the fixed noise through the EMA generator (or G), in eval mode: no state changes.
     Returns the images, (N, C, H, W) in [-1, 1]."""
-    model = t.sampler
+    model = t.sampler()
     was_training = model.training
     model.eval()
     with torch.no_grad(), t.autocast():
@@ -157,7 +167,7 @@ class TensorBoard:
             self.writer.close()
 
 
-def heartbeat_s(t: Trainer) -> float:
+def heartbeat_s(t: TrainState) -> float:
     """How often the ranks meet while rank 0 alone works (distributed.run_on_main)."""
     return min(10.0, t.cfg.train.collective_timeout_s / dist.HEARTBEATS_PER_TIMEOUT)
 
@@ -167,7 +177,7 @@ def has_val(loader: ShardLoader) -> bool:
     return bool(val and val.shards)
 
 
-def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
+def build_evaluator(t: TrainState, loader: ShardLoader) -> Evaluator | None:
     """Rank 0's SWD reference on the val split (None elsewhere, or without a val split); a failure
     to build it (e.g. a missing eval.fid_weights file) stops every rank. The others wait for it
     in heartbeats, however long it takes."""
@@ -192,10 +202,13 @@ def build_evaluator(t: Trainer, loader: ShardLoader) -> Evaluator | None:
 class Hooks:
     """Per-step duties of one run, and the bookkeeping they share (last save, meter, evaluator)."""
 
-    def __init__(self, t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag, bar: tqdm):
+    def __init__(self, t: TrainState, loader: ShardLoader, rd: RunDir, stop: StopFlag, bar: tqdm):
         self.t, self.loader, self.rd, self.stop, self.bar = t, loader, rd, stop, bar
         self.total = total_steps(t.cfg, loader)
         self.meter = Meter()
+        self.global_batch = t.cfg.data.batch_size * t.world.world_size
+        self.first_batch_wanted = t.world.is_main and not rd.train_batch.exists()
+        """Rank 0 of a run without its first batch's grid yet (checked once, not per step)."""
         self.saved_step = t.step
         """The newest step on disk (a resumed one is not written again)."""
         self.saved_at = time.monotonic()
@@ -212,14 +225,21 @@ class Hooks:
         for record in self.records:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)
                 self.watchdog.check(record)
 
+    def before_step(self, images: torch.Tensor) -> None:
+        """Rank 0: the run's first batch as a grid (train_batch.png), once, as loaded (before any augmentation)."""
+        if self.first_batch_wanted:
+            save_grid(images[:64], self.rd.train_batch)
+            self.first_batch_wanted = False
+
     def after_step(self, stats: dict[str, torch.Tensor], epoch: int) -> bool:
-        """Agree on stop/finite/time (one all-reduce, read a step late), log, samples, eval,
-        checkpoint. True: stop now. The minutes timer is rank 0's clock alone."""
+        """Count the step's images (all ranks'), agree on stop/finite/time (one all-reduce, read a
+        step late), log, samples, eval, checkpoint. True: stop now. The minutes timer is rank 0's
+        clock alone."""
         t, cfg = self.t, self.t.cfg
         every_s = 60 * cfg.checkpoint.every_minutes
         time_due = t.world.is_main and every_s > 0 and time.monotonic() - self.saved_at >= every_s
-        not_finite = ~torch.stack([torch.isfinite(stats[k]) for k in CHECKED if k in stats]).all()
-        time_due = self.take(self.agreement.push(t.step, not_finite, [self.stop.signum is not None, time_due]))
+        self.meter.images += self.global_batch
+        time_due = self.take(self.agreement.push(t.step, not_finite(stats), [self.stop.signum is not None, time_due]))
         if t.world.is_main and t.step % cfg.train.log_every_steps == 0:
             self.log_metrics(stats, epoch)
         if t.world.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
@@ -274,7 +294,7 @@ class Hooks:
         t, rd = self.t, self.rd
         best, record = False, {}
         if has_val(self.loader):  # on every rank alike: all take part in run_on_main
-            scores = dist.run_on_main(lambda: self.evaluator(t.sampler) if self.evaluator is not None else None, heartbeat_s(t))
+            scores = dist.run_on_main(lambda: self.evaluator(t.sampler()) if self.evaluator is not None else None, heartbeat_s(t))
         if self.evaluator is not None:
             earlier = [r["swd"] for r in self.records if "swd" in r and r["step"] < t.step]
             best = not earlier or scores["swd"] < min(earlier)

@@ -227,7 +227,7 @@ class EMA:
     BatchNorm's running statistics are neither averaged nor copied from G: G's own belong to
     G's newest weights, and under the averaged weights they wash the samples out (greyer,
     flatter than the data). They are recomputed for the averaged weights from a fixed noise
-    set ("standing statistics", as in BigGAN) whenever the average is read after an update.
+    set ("standing statistics", as in BigGAN) by the first compute_averaged after an update.
     """
 
     def __init__(self, model: nn.Module, decay: float, stats_noise: torch.Tensor):
@@ -243,13 +243,13 @@ class EMA:
         self.fresh = False
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the averaged weights; their BatchNorm statistics are recomputed at the next read."""
+        """Restore the averaged weights; their BatchNorm statistics are recomputed by the next compute_averaged."""
         self.model.load_state_dict(state)
         self.fresh = False
 
-    @property
-    def averaged(self) -> nn.Module:
-        """The averaged model in eval mode, its BatchNorm statistics those of its own weights."""
+    def compute_averaged(self) -> nn.Module:
+        """The averaged model in eval mode, its BatchNorm statistics those of its own weights:
+        after an update, recomputed first (all of `stats_noise` through it)."""
         if not self.fresh:
             standing_stats(self.model, self.stats_noise)
             self.fresh = True

@@ -27,8 +27,9 @@ from .configfile import config_from_dict
 from .distributed import DistInfo
 from .errors import CheckpointError, ConfigError
 from .loader import ShardLoader
+from .rng import capture_global_states, restore_global_states
 from .rundir import RunDir, append_metrics, read_metrics, truncate_metrics
-from .trainer import Trainer
+from .state import TrainState
 
 log = logging.getLogger("shardgan")
 
@@ -63,13 +64,13 @@ The data set itself (shard list and contents) is checked by the loader's fingerp
 # -- what a checkpoint holds ----------------------------------------------------------------
 
 
-def state_dict(t: Trainer, loader: ShardLoader) -> dict[str, Any]:
+def state_dict(t: TrainState, loader: ShardLoader) -> dict[str, Any]:
     """The whole state under named keys; collective (gathers every rank's RNG states)."""
-    rng = dist.all_gather_objects(ckpt.capture_rng(t.device))
+    rng = dist.all_gather_objects(capture_global_states(t.device))
     return {
         ckpt.G: t.g.state_dict(),
         ckpt.D: t.d.state_dict(),
-        ckpt.EMA: t.ema.averaged.state_dict() if t.ema is not None else None,
+        ckpt.EMA: t.ema.compute_averaged().state_dict() if t.ema is not None else None,
         ckpt.OPT_G: t.opt_g.state_dict(),
         ckpt.OPT_D: t.opt_d.state_dict(),
         ckpt.STEP: t.step,
@@ -87,12 +88,12 @@ AUGMENT_STATE = "augment"
 order: the running sums are per rank); checkpoints from before ADA lack it."""
 
 
-def _augment_state(t: Trainer) -> dict[str, float | int] | None:
+def _augment_state(t: TrainState) -> dict[str, float | int] | None:
     ada = t.diff_augment.ada if t.diff_augment is not None else None
     return ada.state_dict() if ada is not None else None
 
 
-def save_checkpoint(t: Trainer, loader: ShardLoader, rd: RunDir, *, best: bool = False) -> None:
+def save_checkpoint(t: TrainState, loader: ShardLoader, rd: RunDir, *, best: bool = False) -> None:
     """Rank 0 writes; all ranks learn whether it worked, so a failed write stops every rank with its line.
 
     `best`: into checkpoints/best/, keeping only that one (the lowest SWD so far)."""
@@ -198,7 +199,7 @@ def check_shared(rd: RunDir, world: DistInfo) -> None:
         )
 
 
-def load_chosen(t: Trainer, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:
+def load_chosen(t: TrainState, rd: RunDir) -> tuple[Choice, dict[str, Any]] | None:
     """Collective: rank 0 chooses, every rank loads that file and checks its sha256 against rank 0's;
     a rank that cannot stops them all with one line naming it and the file."""
     chosen, error = None, ""
@@ -251,7 +252,7 @@ def _flat(cfg: Config) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, table in cfg.to_dict().items() for key, value in table.items()}
 
 
-def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) -> None:
+def restore(t: TrainState, loader: ShardLoader, state: dict[str, Any], path: Path) -> None:
     """Load everything, then apply the configured optimizer settings (a changed one was warned about)."""
     check_changes(config_from_dict(state[ckpt.CONFIG], str(path)), t.cfg, state[ckpt.WORLD_SIZE], t.world.world_size, path)
     t.g.load_state_dict(state[ckpt.G])
@@ -272,5 +273,5 @@ def restore(t: Trainer, loader: ShardLoader, state: dict[str, Any], path: Path) 
     t.step = state[ckpt.STEP]
     loader.load_state_dict(state[ckpt.LOADER])
     if len(state[ckpt.RNG]) == t.world.world_size:
-        ckpt.restore_rng(state[ckpt.RNG][t.world.rank], t.device)
+        restore_global_states(state[ckpt.RNG][t.world.rank], t.device)
     log.info("resumed from %s at step %d (epoch %d)", path, t.step, loader.epoch)

@@ -1,8 +1,9 @@
 """DCGAN training: `torchrun -m shardgan.train`, `python -m shardgan.train` and `shardgan train`.
 
 The loop reads like the algorithm: build -> restore -> while step < total: D step, G step,
-EMA, hooks (agree, log, samples, checkpoint) -> close. Exact resume rests on three things:
-every random draw of a step comes from generators seeded by (train.seed, rank, step); the
+EMA, ADA's all-rank update of p, hooks (agree, log, samples, checkpoint) -> close. Exact resume
+rests on three things: every random draw of a step comes from generators derived from
+(train.seed, rank, step) (rng.py); the
 loader position is one counter in the checkpoint; everything else (weights, optimizer
 moments, BN buffers, global RNG states of every rank) is saved (resume.py). A run killed and
 resumed therefore ends with the same bits as one that was never interrupted.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +23,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import distributed as dist
 from . import resume
-from .augment import augment
+from .augment import AugmentParams, augment
+from .command import add_train_command, new_app, run_app
 from .config import Config
 from .configfile import load_config, to_toml
 from .generate import checkpoint_lines
@@ -32,10 +34,11 @@ from .losses import LOSSES, RELATIVISTIC, gradient_penalty
 from .models import count_params
 from .progress import ProgressLines
 from .fidelity import diversity
+from .rng import AUGMENT, DIFF_AUGMENT, NOISE, derived_generator
 from .rundir import RunDir, logging_setup
+from .state import TrainState, build_state, open_loader, total_steps
 from .stop import EXIT_STOPPED, StopFlag, launch_command
-from .trainer import AUGMENT, DIFF_AUGMENT, NOISE, Trainer, build_trainer, derived_generator, open_loader, total_steps
-from .viz import save_grid, save_loss_curve
+from .viz import save_loss_curve
 
 log = logging.getLogger("shardgan")
 
@@ -43,28 +46,80 @@ log = logging.getLogger("shardgan")
 # -- one step ---------------------------------------------------------------------------------
 
 
-def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One D step (real -> 1, G(z) -> 0; with optim.r1_gamma/r2_gamma, the gradient penalties
-    on the images D saw) and one G step (G(z) -> 1) on a uint8 batch.
+def train_step(t: TrainState, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One D step and one G step on a uint8 batch, then the EMA; the step's stats, on the device.
 
     With diffaugment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
     cutout and colour change, in the D step and (through G's graph) in the G step."""
+    real, z = real_and_noise(t, images)
+    view = draw_d_view(t, real.shape)
+    d = d_step(t, real, z, view)
+    loss_g = g_step(t, real, d.fake_seen, view)
+    if t.ema is not None:
+        t.ema.update(t.g)
+    stats = {
+        "loss_d": d.loss_d.detach(),
+        "loss_g": loss_g.detach(),
+        "d_real": torch.sigmoid(d.real_logits.detach().float()).mean(),
+        "d_fake": torch.sigmoid(d.fake_logits.detach().float()).mean(),
+        "diversity": diversity(d.fake.detach(), real),  # this batch's; the watchdog reads the evaluations'
+        **{k: v.detach() for k, v in d.penalties.items()},
+    }
+    if t.diff_augment is not None and t.diff_augment.ada is not None:
+        stats["augment_p"] = torch.as_tensor(t.diff_augment.p)  # on the device once updated
+        t.diff_augment.ada.observe(d.real_logits)  # this rank's signs alone: sync_augment_probability sums them
+    return stats
+
+
+def real_and_noise(t: TrainState, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's reals (on the device, augmented as data.* says) and latents, from its derived generators."""
     cfg, rank = t.cfg, t.world.rank
-    d_loss, g_loss = LOSSES[cfg.model.loss]
     aug_rng = derived_generator(cfg.train.seed, rank, t.step, AUGMENT, device=t.device)
     real = augment(images.to(t.device, non_blocking=True), cfg.data, aug_rng).contiguous(memory_format=t.memory_format)  # (B, C, H, W)
     noise_rng = derived_generator(cfg.train.seed, rank, t.step, NOISE, device=t.device)
     z = torch.randn(real.shape[0], cfg.model.nz, 1, 1, generator=noise_rng, device=t.device)  # (B, nz, 1, 1)
-    through_d = _d_inputs(t, real.shape)
+    return real, z
 
-    optim = cfg.optim
+
+def draw_d_view(t: TrainState, shape: torch.Size) -> AugmentParams | None:
+    """This step's augmentation in front of D, drawn once for both steps; None without diffaugment.policy."""
+    if t.diff_augment is None:
+        return None
+    rng = derived_generator(t.cfg.train.seed, t.world.rank, t.step, DIFF_AUGMENT, device=t.device)
+    return t.diff_augment.draw(shape, rng, t.device)
+
+
+def seen_by_d(t: TrainState, images: torch.Tensor, view: AugmentParams | None) -> torch.Tensor:
+    """`images` as D sees them this step: through `view`, or as they are."""
+    return images if view is None else t.diff_augment(images, view)
+
+
+@dataclass(frozen=True)
+class DStep:
+    """What the D step computed and the G step and the stats go on from."""
+
+    fake: torch.Tensor
+    """G(z), (B, C, H, W), with G's graph: the G step backpropagates through it."""
+    fake_seen: torch.Tensor
+    """`fake` as D sees it (seen_by_d), graph kept."""
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
+    loss_d: torch.Tensor
+    penalties: dict[str, torch.Tensor]
+    """"r1"/"r2" on the steps they are computed (optim.penalty_every_steps), unscaled."""
+
+
+def d_step(t: TrainState, real: torch.Tensor, z: torch.Tensor, view: AugmentParams | None) -> DStep:
+    """Update D: real -> 1, G(z) -> 0, and with optim.r1_gamma/r2_gamma the gradient penalties on
+    the images D saw. Through t.d_run: across ranks, D's gradients are all-reduced."""
+    optim, (d_loss, _) = t.cfg.optim, LOSSES[t.cfg.model.loss]
     penalize = (t.step + 1) % optim.penalty_every_steps == 0  # the step counted as t.step + 1: log lines at multiples show them
     r1, r2 = penalize and optim.r1_gamma > 0, penalize and optim.r2_gamma > 0
     with t.autocast():
         fake = t.g_run(z)  # (B, C, H, W)
-        fake_seen = through_d(fake)  # what D judges, in both steps
-        real_in, fake_in = through_d(real).detach().requires_grad_(r1), fake_seen.detach().requires_grad_(r2)
+        fake_seen = seen_by_d(t, fake, view)  # what D judges, in both steps
+        real_in, fake_in = seen_by_d(t, real, view).detach().requires_grad_(r1), fake_seen.detach().requires_grad_(r2)
         real_logits, fake_logits = t.d_run(real_in), t.d_run(fake_in)  # (B,), (B,)
     loss_d = d_loss(real_logits.float(), fake_logits.float())  # losses in fp32 under any autocast
     penalties = {}
@@ -78,49 +133,32 @@ def train_step(t: Trainer, images: torch.Tensor) -> dict[str, torch.Tensor]:
     t.opt_d.zero_grad(set_to_none=True)
     loss_d_total.backward()
     t.opt_d.step()
+    return DStep(fake, fake_seen, real_logits, fake_logits, loss_d, penalties)
 
+
+def g_step(t: TrainState, real: torch.Tensor, fake_seen: torch.Tensor, view: AugmentParams | None) -> torch.Tensor:
+    """Update G: D(fake) -> 1 (relativistic losses: relative to the reals), judged by the D just
+    updated, held fixed (no gradients of its own) and run through t.d_local. Returns G's loss."""
+    _, g_loss = LOSSES[t.cfg.model.loss]
     t.d.requires_grad_(False)
     with t.autocast():
-        with torch.no_grad():  # the reals G's fakes are paired with, judged by the D just updated
-            real_ref = t.d_frozen(through_d(real)) if cfg.model.loss in RELATIVISTIC else None
-        fake_logits_g = t.d_frozen(fake_seen)  # (B,)
-    loss_g = g_loss(fake_logits_g.float(), None if real_ref is None else real_ref.float())
+        with torch.no_grad():  # the reals G's fakes are paired with
+            real_ref = t.d_local(seen_by_d(t, real, view)) if t.cfg.model.loss in RELATIVISTIC else None
+        fake_logits = t.d_local(fake_seen)  # (B,)
+    loss_g = g_loss(fake_logits.float(), None if real_ref is None else real_ref.float())
     t.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     t.opt_g.step()
     t.d.requires_grad_(True)
-
-    if t.ema is not None:
-        t.ema.update(t.g)
-    stats = {
-        "loss_d": loss_d.detach(),
-        "loss_g": loss_g.detach(),
-        "d_real": torch.sigmoid(real_logits.detach().float()).mean(),
-        "d_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
-        "diversity": diversity(fake.detach(), real),  # this batch's; the watchdog reads the evaluations'
-        **{k: v.detach() for k, v in penalties.items()},
-    }
-    if t.diff_augment is not None and t.diff_augment.ada is not None:
-        stats["augment_p"] = torch.as_tensor(t.diff_augment.p)  # on the device once updated
-        _adapt(t, real_logits)
-    return stats
+    return loss_g
 
 
-def _d_inputs(t: Trainer, shape: torch.Size) -> Callable[[torch.Tensor], torch.Tensor]:
-    """This step's view of D's inputs: identity, or the augmentation drawn for this step."""
-    if t.diff_augment is None:
-        return lambda x: x
-    rng = derived_generator(t.cfg.train.seed, t.world.rank, t.step, DIFF_AUGMENT, device=t.device)
-    params = t.diff_augment.draw(shape, rng, t.device)
-    return lambda x: t.diff_augment(x, params)
-
-
-def _adapt(t: Trainer, real_logits: torch.Tensor) -> None:
-    """ADA: add this batch's signs of D(real); every interval, sum over ranks and move p, on the
-    device (every rank's batch has the same size, so the count over ranks is count x world size)."""
-    ada = t.diff_augment.ada
-    ada.observe(real_logits)
-    if (t.step + 1) % ada.interval_steps == 0:
+def sync_augment_probability(t: TrainState) -> None:
+    """ADA, collective at every augment.ada_interval_steps-th step: all-reduce the ranks' signs of
+    D(real) and move p, on the device (every rank's batch has the same size, so the count over
+    ranks is count x world size). Called after the step is counted."""
+    ada = t.diff_augment.ada if t.diff_augment is not None else None
+    if ada is not None and t.step % ada.interval_steps == 0:
         ada.update(dist.sum_over_ranks(torch.as_tensor(ada.sign_sum, dtype=torch.float64)), ada.count * t.world.world_size)
 
 
@@ -135,7 +173,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
         world = dist.init(cfg.train.device, cfg.train.collective_timeout_s, cfg.train.backend)
         try:
             with logging_setup(world.is_main) as log_to_file:
-                t = build_trainer(cfg, world)
+                t = build_state(cfg, world)
                 loader = open_loader(cfg, world)
                 rd = RunDir(Path(cfg.run.root) / cfg.run.name)
                 resume.check_shared(rd, world)
@@ -151,7 +189,6 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
                     "run %s: G %s params, D %s params, %d rank(s) on %s, process group backend %s",
                     rd.root, f"{count_params(t.g):,}", f"{count_params(t.d):,}", world.world_size, world.device, dist.backend(),
                 )  # fmt: skip
-                t.wrap()
                 stopped = run_loop(t, loader, rd, stop)
                 if world.is_main:
                     for line in checkpoint_lines(rd):
@@ -164,7 +201,7 @@ def train(cfg: Config) -> tuple[RunDir, bool]:
             dist.shutdown()
 
 
-def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> bool:
+def run_loop(t: TrainState, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> bool:
     """Train to the end or to a stop all ranks agreed on; True if stopped before the end."""
     total = total_steps(t.cfg, loader)
     if t.step >= total:
@@ -176,18 +213,15 @@ def run_loop(t: Trainer, loader: ShardLoader, rd: RunDir, stop: StopFlag) -> boo
     every_s = t.cfg.data.progress_every_s if t.world.is_main and not interactive else 0
     lines = ProgressLines("train", total * global_batch, "img", every_s, log.info, initial=t.step * global_batch)
     hooks = Hooks(t, loader, rd, stop, bar)
-    grid_of_first_batch = t.world.is_main and not rd.train_batch.exists()  # checked once, not per step
     with bar, logging_redirect_tqdm(loggers=[log]), contextlib.closing(hooks):
         stopped = False
         while t.step < total and not stopped:
             epoch = loader.epoch
             for batch in loader:
-                if grid_of_first_batch:
-                    save_grid(batch["image"][:64], rd.train_batch)
-                    grid_of_first_batch = False
+                hooks.before_step(batch["image"])
                 stats = train_step(t, batch["image"])
                 t.step += 1
-                hooks.meter.images += global_batch
+                sync_augment_probability(t)
                 bar.update(global_batch)
                 lines.update(global_batch)
                 stopped = hooks.after_step(stats, epoch)
@@ -216,7 +250,13 @@ def launch(config: str | Path | None, overrides: list[str], *, run_name: str | N
     return EXIT_STOPPED if stopped else 0
 
 
-if __name__ == "__main__":  # `python -m shardgan.train` and `torchrun -m shardgan.train`: the `shardgan train` command
-    from .cli import main
+def main(argv: list[str] | None = None) -> int:
+    """Entry of `python -m shardgan.train` and `torchrun -m shardgan.train`: the `shardgan train`
+    command line (the same flags, one-line errors and exit codes), built here without cli."""
+    app = new_app()
+    add_train_command(app, launch)
+    return run_app(app, ["train", *(sys.argv[1:] if argv is None else argv)])
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -158,14 +158,13 @@ def test_train_step_shows_d_reals_and_fakes_through_the_same_augmentation(monkey
     from shardgan import train as train_module
     from shardgan.config import Config
     from shardgan.distributed import DistInfo
-    from shardgan.trainer import build_trainer
+    from shardgan.state import build_state
 
     cfg = Config()
     cfg.data.translate_px, cfg.data.color_jitter = 0, 0.0
     cfg.model.width, cfg.model.height, cfg.model.nz, cfg.model.ngf, cfg.model.ndf = 16, 12, 8, 4, 4
     cfg.diffaugment.policy, cfg.diffaugment.probability = "translation,cutout,color", 1.0
-    t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
-    t.wrap()
+    t = build_state(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     batch = images(8)
 
     class Copier(nn.Module):
@@ -187,7 +186,7 @@ def test_train_step_shows_d_reals_and_fakes_through_the_same_augmentation(monkey
             seen.append((self.name, x.detach().clone()))
             return self.d(x)
 
-    t.g_run, t.d_run, t.d_frozen = Copier(), Recorder("d_step", t.d_run), Recorder("g_step", t.d_frozen)
+    t.g_run, t.d_run, t.d_local = Copier(), Recorder("d_step", t.d_run), Recorder("g_step", t.d_local)
     train_module.train_step(t, batch)
     assert [name for name, _ in seen] == ["d_step", "d_step", "g_step"]
     (_, real), (_, fake), (_, fake_in_g_step) = seen

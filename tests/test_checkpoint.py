@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import pickle
-import random
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,14 @@ import torch
 
 from shardgan import checkpoint as ckpt
 from shardgan.errors import CheckpointError
+from shardgan.rng import capture_global_states
 
 
 def fake_state(step: int) -> dict[str, Any]:
     state: dict[str, Any] = {k: {} for k in ckpt.REQUIRED}
     state[ckpt.G] = {"w": torch.full((4, 4), float(step))}
     state[ckpt.STEP] = step
-    state[ckpt.RNG] = [ckpt.capture_rng(torch.device("cpu"))]
+    state[ckpt.RNG] = [capture_global_states(torch.device("cpu"))]
     return state
 
 
@@ -144,14 +144,6 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing new, nothing lost
     assert ckpt.load_newest(tmp_path)[0][ckpt.STEP] == 10
-
-
-def test_rng_capture_restore() -> None:
-    state = ckpt.capture_rng(torch.device("cpu"))
-    draws = (torch.rand(3), np.random.rand(3), random.random())
-    ckpt.restore_rng(state, torch.device("cpu"))
-    again = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
 
 
 def orphan(directory: Path, step: int) -> Path:

@@ -13,7 +13,7 @@ from shardgan import checkpoint as ckpt
 from shardgan.rundir import read_metrics
 from shardgan import hooks
 from shardgan import train as train_module
-from shardgan import trainer
+from shardgan import state
 from shardgan.synthetic import game_frame
 from tests.conftest import build_dataset
 from tests.trainer_runs import train_inprocess
@@ -50,6 +50,16 @@ def test_minutes_timer_counts_from_the_last_save_not_from_epoch_ends(tiny_shards
     saves = record_saves(monkeypatch)
     assert train_inprocess(tiny_shards, tmp_path / "minutes", *NO_STEP_SAVES, "checkpoint.every_minutes=1", "checkpoint.at_epoch_end=false") == 0
     assert saves == [13, 26, 39, 40]
+    rates = [r["images_per_s"] for r in read_metrics(tmp_path / "minutes" / "metrics.jsonl") if "images_per_s" in r]
+    assert set(rates[1:]) == {8 / 5.0}  # the hooks count every step's batch of 8 (one rank), 5 s apart (the first line's
+    # interval starts on the real clock: Meter took time.perf_counter before the fake one came)
+
+
+def test_only_the_checked_losses_must_be_finite() -> None:
+    finite = {"loss_d": torch.tensor(0.5), "loss_g": torch.tensor(1.0), "d_real": torch.tensor(float("nan"))}
+    assert not hooks.not_finite(finite)  # a stat, not a loss: never stops the run
+    assert hooks.not_finite({**finite, "r1": torch.tensor(float("inf"))})  # a penalty, on the steps it is computed
+    assert hooks.not_finite({**finite, "loss_g": torch.tensor(float("nan"))})
 
 
 def test_an_epoch_end_on_a_step_checkpoint_is_written_once(tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +149,7 @@ def run_with_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: t
     """20 tiny steps on shards with a val split, the sampler replaced; an evaluation every 5 steps."""
     shards = tmp_path / "shards"
     build_dataset(shards, [40], width=24, height=16, val_sizes=(32,))
-    monkeypatch.setattr(trainer.Trainer, "sampler", property(lambda self: sampler))
+    monkeypatch.setattr(state.TrainState, "sampler", lambda self: sampler)
     run = tmp_path / "run"
     extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=32", "train.collapse_evals=2", "checkpoint.every_steps=10")
     assert train_inprocess(shards, run, *extra) == 0

@@ -25,10 +25,6 @@ FILES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py")) if p != PACKAG
 MODULES = sorted(FILES)
 OPTIONAL_DEPENDENCIES = ("av", "boto3", "botocore", "matplotlib", "torch.utils.tensorboard", "torchmetrics")
 """Imported where they are used, so the rest of shardgan works without them."""
-BEING_REMOVED = {("train", "cli")}
-"""Import edges another branch removes, left out of the graph until it lands: train's `__main__`
-block imports cli, which imports train, so `python -m shardgan.train` runs train.py twice (r25-train
-removes it). When it lands, test_edges_being_removed_are_still_there fails: delete this and that test."""
 
 
 def _walk(tree: ast.AST, top: bool = True) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
@@ -71,21 +67,13 @@ def _targets(node: ast.Import | ast.ImportFrom, package: str = "shardgan", modul
     return sorted({m for name in _imported(node, package) if (m := _owner(name, modules))})
 
 
-def raw_imports() -> dict[str, set[str]]:
+def package_imports() -> dict[str, set[str]]:
     """module -> the shardgan modules it imports anywhere in its code (function bodies and
     `__main__` blocks included)."""
     graph = {}
     for module, path in FILES.items():
         tree = ast.parse(path.read_text())
         graph[module] = {t for node, _ in _walk(tree) for t in _targets(node, _package_of(module))}
-    return graph
-
-
-def package_imports() -> dict[str, set[str]]:
-    """raw_imports() less BEING_REMOVED."""
-    graph = raw_imports()
-    for module, target in BEING_REMOVED:
-        graph[module].discard(target)
     return graph
 
 
@@ -223,11 +211,6 @@ def test_modules_are_named_by_their_dotted_path_subpackages_included() -> None:
     assert [module_name(PACKAGE / p) for p in ("cli.py", "pack/__init__.py", "pack/chunks.py")] == ["cli", "pack", "pack.chunks"]
     assert mirror_of("pack.chunks") == TESTS / "test_pack_chunks.py"
 
-
-def test_edges_being_removed_are_still_there() -> None:
-    graph = raw_imports()
-    landed = sorted(edge for edge in BEING_REMOVED if edge[1] not in graph.get(edge[0], set()))
-    assert landed == [], "these edges are gone: delete BEING_REMOVED and this test"
 
 
 def test_no_import_cycle() -> None:

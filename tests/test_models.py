@@ -136,7 +136,7 @@ def test_ema_batchnorm_statistics_belong_to_the_averaged_weights() -> None:
                 p.add_(shift)
             g.train()(torch.randn(16, 8, 1, 1))  # moves G's own running statistics
         ema.update(g)
-        model = ema.averaged
+        model = ema.compute_averaged()
         assert not model.training
         first_conv, first_norm = model.main[0], model.main[1]
         with torch.no_grad():
@@ -146,5 +146,5 @@ def test_ema_batchnorm_statistics_belong_to_the_averaged_weights() -> None:
         assert first_norm.momentum == g.main[1].momentum  # restored after the cumulative average
     ema.load_state_dict(g.state_dict())  # G's weights with G's statistics: recomputed at the next read
     with torch.no_grad():
-        features = ema.averaged.main[0](noise)
-    torch.testing.assert_close(ema.averaged.main[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+        features = ema.compute_averaged().main[0](noise)
+    torch.testing.assert_close(ema.compute_averaged().main[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)

@@ -172,20 +172,18 @@ def test_a_cuda_run_checkpoints_what_a_cpu_generates_from(tiny_shards: Path, tmp
 def rpgan_trainer(r1: float, r2: float, every: int, **model):
     """A tiny rpgan trainer on the CPU, no augmentation of any kind (D sees the images as loaded)."""
     from shardgan.distributed import DistInfo
-    from shardgan.trainer import build_trainer
+    from shardgan.state import build_state
     from tests.trainer_runs import tiny_config
 
     cfg = tiny_config(d_batchnorm=False, **model)
     cfg.model.loss = "rpgan"
     cfg.data.translate_px, cfg.data.color_jitter, cfg.data.batch_size = 0, 0.0, 6
     cfg.optim.r1_gamma, cfg.optim.r2_gamma, cfg.optim.penalty_every_steps = r1, r2, every
-    t = build_trainer(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
-    t.wrap()
-    return t
+    return build_state(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
 
 
 def images_and_noise(t, step: int):
-    from shardgan.trainer import NOISE, derived_generator
+    from shardgan.rng import NOISE, derived_generator
 
     images = torch.randint(0, 256, (6, 3, 16, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(step))
     z = torch.randn(6, t.cfg.model.nz, 1, 1, generator=derived_generator(t.cfg.train.seed, 0, step, NOISE))
@@ -267,7 +265,7 @@ def _ddp_rank(rank: int, port: int, results) -> None:
     """One of two gloo ranks: rpgan with R1 and R2 (double backward through DDP) on its own batches."""
     from shardgan import distributed as dist
     from shardgan.train import train_step
-    from shardgan.trainer import build_trainer
+    from shardgan.state import build_state
     from tests.trainer_runs import tiny_config
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -276,8 +274,7 @@ def _ddp_rank(rank: int, port: int, results) -> None:
     try:
         cfg = tiny_config(d_batchnorm=False, minibatch_std=2)
         cfg.model.loss, cfg.optim.r1_gamma, cfg.optim.r2_gamma = "rpgan", 1.0, 1.0
-        t = build_trainer(cfg, world)
-        t.wrap()
+        t = build_state(cfg, world)
         grads = []
         for step in range(3):
             t.step = step

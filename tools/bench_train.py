@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from shardgan import distributed as D
-from shardgan import trainer as T
+from shardgan import state as T
 from shardgan.loader import ShardLoader
 from shardgan.resume import save_checkpoint
 from shardgan.rundir import read_metrics
@@ -85,7 +85,7 @@ def synthetic_batches(loader: ShardLoader, count: int) -> Iterator[torch.Tensor]
         yield from held
 
 
-def steps_per_s(t: T.Trainer, batches: Iterator[torch.Tensor], warmup: int, steps: int) -> float:
+def steps_per_s(t: T.TrainState, batches: Iterator[torch.Tensor], warmup: int, steps: int) -> float:
     sync = torch.cuda.synchronize if t.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         train_step(t, next(batches))
@@ -98,7 +98,7 @@ def steps_per_s(t: T.Trainer, batches: Iterator[torch.Tensor], warmup: int, step
     return steps / (time.perf_counter() - start)
 
 
-def checkpoint_s(t: T.Trainer, loader: ShardLoader, directory: Path, repeats: int) -> float:
+def checkpoint_s(t: T.TrainState, loader: ShardLoader, directory: Path, repeats: int) -> float:
     rd = RunDir(directory / "bench")
     rd.create()
     times = []
@@ -155,8 +155,7 @@ def main() -> None:
         ]  # fmt: skip
         cfg = load_config(ROOT / "configs" / f"{preset}.toml", overrides)
         dist = D.init(cfg.train.device)
-        t = T.build_trainer(cfg, dist)
-        t.wrap()
+        t = T.build_state(cfg, dist)
         loader = T.open_loader(cfg, dist)
         synthetic = steps_per_s(t, synthetic_batches(loader, 16), warmup, steps)
         real = steps_per_s(t, real_batches(loader), warmup, steps)

@@ -39,7 +39,7 @@ from shardgan.fidelity import SlicedWasserstein  # noqa: E402
 from shardgan.rundir import RunDir, read_metrics  # noqa: E402
 from shardgan.stop import StopFlag  # noqa: E402
 from shardgan.train import train, train_step  # noqa: E402
-from shardgan.trainer import build_trainer, open_loader  # noqa: E402
+from shardgan.state import build_state, open_loader  # noqa: E402
 
 
 def sizes(dry: bool) -> dict[str, Any]:
@@ -76,10 +76,9 @@ def part_syncs(work: Path, s: dict[str, Any]) -> dict[str, Any]:
     cfg = load_config(ROOT / "configs" / f"{preset}.toml", [*quiet_overrides(shards_for(work, preset, batch), work, "syncs", s["device"]),
                       f"data.batch_size={batch}", "train.log_every_steps=100000", "checkpoint.every_steps=0"])  # fmt: skip
     world = dist.init(cfg.train.device)
-    t, loader = build_trainer(cfg, world), open_loader(cfg, world)
+    t, loader = build_state(cfg, world), open_loader(cfg, world)
     rd = RunDir(Path(cfg.run.root) / cfg.run.name)
     prepare_run_dir(t, rd)
-    t.wrap()
     hooks = Hooks(t, loader, rd, StopFlag(), tqdm(disable=True))
     cuda = t.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

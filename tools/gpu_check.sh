@@ -77,7 +77,7 @@ PYEOF
 }
 
 part versions $((DRY ? 120 : 45)) versions
-part pytest_gpu $((DRY ? 180 : 30)) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_trainer.py tests/test_train.py tests/test_loader.py
+part pytest_gpu $((DRY ? 180 : 30)) "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_state.py tests/test_train.py tests/test_loader.py
 for name in syncs speed loop exact swd; do
   case $name in syncs) limit=35 ;; speed) limit=190 ;; loop) limit=30 ;; exact) limit=80 ;; swd) limit=20 ;; esac
   [ "$DRY" = 1 ] && limit=300  # a shared CPU is slower than the GPU at everything

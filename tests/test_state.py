@@ -1,5 +1,5 @@
-"""What is trained: models, optimizers and noise built from the seed alone, derived generators that
-never share a state, and the size check between shards and model."""
+"""The training state: models, optimizers and noise built from the seed alone, complete when built
+(wrapped for the run), and the size check between shards and model."""
 
 from __future__ import annotations
 
@@ -11,42 +11,31 @@ import torch
 
 from shardgan.distributed import DistInfo, LateAgreement
 from shardgan.errors import ConfigError
-from shardgan.trainer import (
-    AUGMENT,
-    DIFF_AUGMENT,
-    NOISE,
-    NUM_FIXED_NOISE,
-    build_trainer,
-    choose_kernels,
-    derived_generator,
-    open_loader,
-    total_steps,
-)
+from shardgan.rng import NOISE, derived_generator
+from shardgan.state import NUM_FIXED_NOISE, build_state, choose_kernels, open_loader, total_steps
 from tests.conftest import build_dataset
 from tests.trainer_runs import tiny_config
 
 ALONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def test_the_same_seed_builds_the_same_trainer_without_global_seeding() -> None:
+def test_the_same_seed_builds_the_same_state_without_global_seeding() -> None:
     cfg = tiny_config()
     torch.manual_seed(1)
-    a = build_trainer(cfg, ALONE)
+    a = build_state(cfg, ALONE)
     torch.manual_seed(2)
-    b = build_trainer(cfg, ALONE)
+    b = build_state(cfg, ALONE)
     assert all(torch.equal(x, y) for x, y in zip(a.g.state_dict().values(), b.g.state_dict().values()))
     assert torch.equal(a.fixed_noise, b.fixed_noise) and a.fixed_noise.shape == (NUM_FIXED_NOISE, 8, 1, 1)
     cfg.train.seed, cfg.train.ema_decay = 1, 0.0
-    c = build_trainer(cfg, ALONE)
-    assert not torch.equal(c.fixed_noise, a.fixed_noise) and c.ema is None and c.sampler is c.g
-    assert a.sampler is a.ema.model
+    c = build_state(cfg, ALONE)
+    assert not torch.equal(c.fixed_noise, a.fixed_noise) and c.ema is None and c.sampler() is c.g
+    assert a.sampler() is a.ema.model
 
 
 def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
     cfg = tiny_config()
-    fixed = build_trainer(cfg, ALONE).fixed_noise.flatten(1)  # (64, nz)
-    seeds = {derived_generator(0, r, s, k).initial_seed() for r in range(16) for s in range(4) for k in (NOISE, AUGMENT, DIFF_AUGMENT)}
-    assert len(seeds) == 16 * 4 * 3
+    fixed = build_state(cfg, ALONE).fixed_noise.flatten(1)  # (64, nz)
     for rank in range(16):
         z = torch.randn(8, cfg.model.nz, generator=derived_generator(0, rank, 0, NOISE))
         assert not torch.equal(z, fixed[:8]), f"fixed noise equals rank {rank}'s training noise at step 0"
@@ -54,9 +43,8 @@ def test_fixed_sample_noise_has_a_stream_no_rank_trains_with() -> None:
 
 def test_precision_and_wrapping_on_the_cpu() -> None:
     cfg = tiny_config()
-    t = build_trainer(cfg, ALONE)
-    t.wrap()
-    assert t.g_run is t.g and t.d_run is t.d_frozen is t.d  # one process: no DDP
+    t = build_state(cfg, ALONE)  # complete as built: nothing to call before a step
+    assert t.g_run is t.g and t.d_run is t.d_local is t.d  # one process: no DDP
     assert t.memory_format == torch.contiguous_format  # channels_last is for CUDA only
     with t.autocast():
         assert not torch.is_autocast_enabled("cpu")  # auto on the CPU: fp32
@@ -93,10 +81,9 @@ def test_compile_wraps_the_ddp_modules_so_the_all_reduce_overlaps_the_backward(t
     try:
         cfg = tiny_config()
         cfg.train.compile = True
-        t = build_trainer(cfg, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))  # wrap takes the DDP path
-        t.wrap()
+        t = build_state(cfg, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))  # the DDP path, taken when built
         assert isinstance(t.g_run._orig_mod, DDP) and isinstance(t.d_run._orig_mod, DDP)
-        assert t.g_run._orig_mod.module is t.g and t.d_frozen._orig_mod is t.d  # the G step's D: compiled, no DDP
+        assert t.g_run._orig_mod.module is t.g and t.d_local._orig_mod is t.d  # the G step's D: compiled, no DDP
     finally:
         torch_dist.destroy_process_group()
 
@@ -106,8 +93,7 @@ def test_losses_are_fp32_under_bf16_autocast() -> None:
 
     cfg = tiny_config()
     cfg.model.loss, cfg.train.precision = "hinge", "bf16"
-    t = build_trainer(cfg, ALONE)
-    t.wrap()
+    t = build_state(cfg, ALONE)
     stats = train_step(t, torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8))
     assert stats["loss_d"].dtype == stats["loss_g"].dtype == torch.float32
     with t.autocast():
@@ -129,13 +115,12 @@ def test_the_loader_must_hold_images_of_the_models_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_a_cuda_trainer_steps_in_bf16_channels_last_and_its_flags_are_read_one_step_late() -> None:
+def test_a_cuda_state_steps_in_bf16_channels_last_and_its_flags_are_read_one_step_late() -> None:
     from shardgan.train import train_step
 
     cfg = tiny_config()
     world = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda", 0))
-    t = build_trainer(cfg, world)
-    t.wrap()
+    t = build_state(cfg, world)
     assert t.memory_format == torch.channels_last and t.g.main[0].weight.is_cuda
     images = torch.randint(0, 256, (8, 3, 16, 24), dtype=torch.uint8)
     stats = train_step(t, images)

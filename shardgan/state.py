@@ -1,13 +1,12 @@
-"""What is trained: G, D, their EMA and optimizers, the fixed sample noise, and the derived
-generators every random draw of a step comes from (so no draw depends on history)."""
+"""The training state: G, D, their EMA and optimizers, the fixed sample noise, the step, and
+the run-time forms of G and D the step calls (DDP-wrapped and/or compiled)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -18,32 +17,16 @@ from .distributed import DistInfo
 from .errors import ConfigError
 from .loader import ShardLoader
 from .models import EMA, build_models
+from .rng import FIXED_NOISE, STATS_NOISE, derived_generator
 
-NOISE, AUGMENT, FIXED_NOISE, DIFF_AUGMENT, STATS_NOISE = 0, 1, 2, 3, 4
-"""Streams of the derived generators: per-step latent noise, per-step augmentation of the reals,
-the fixed sample noise (drawn once, as rank 0 at step 0), per-step augmentation in front of D,
-the noise the EMA generator's BatchNorm statistics are computed from (drawn once)."""
 NUM_FIXED_NOISE = 64
 NUM_STATS_NOISE = 512
 
 
-def derived_generator(seed: int, rank: int, step: int, stream: int, *, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of (train.seed, rank, step, stream). On the training device, so per-step
-    draws need no host-to-device copies.
-
-    Always the full key: SeedSequence pads a short key with zeros, so (seed, 2) would be the
-    state of (seed, rank 2, step 0, NOISE); with four words, streams never share a state."""
-    state = np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(state >> np.uint64(1)))
-
-
-CHECKED = ("loss_d", "loss_g", "r1", "r2")
-"""The step's losses that must be finite: the adversarial ones and the penalties (when computed)."""
-
-
 @dataclass
-class Trainer:
-    """What is trained and how it is run: raw modules (state dicts), and their run-time wrappers."""
+class TrainState:
+    """What is trained (raw modules: their state dicts are the checkpoint's) and the forms the
+    step runs them in; complete when built (build_state)."""
 
     cfg: Config
     world: DistInfo
@@ -56,21 +39,22 @@ class Trainer:
     fixed_noise: torch.Tensor
     diff_augment: DiffAugment | None
     """Augmentation in front of D (reals and fakes alike); None without diffaugment.policy."""
-    g_run: nn.Module = field(init=False)
+    g_run: nn.Module
     """G as trained: compiled and/or DDP-wrapped."""
-    d_run: nn.Module = field(init=False)
+    d_run: nn.Module
     """D for the D step (DDP-wrapped: its gradients are all-reduced)."""
-    d_frozen: nn.Module = field(init=False)
-    """D for the G step without DDP: only G's gradients are needed there."""
+    d_local: nn.Module
+    """D for the G step, this rank's alone (no DDP: only G's gradients are needed there)."""
     step: int = 0
 
     @property
     def device(self) -> torch.device:
         return self.world.device
 
-    @property
     def sampler(self) -> nn.Module:
-        return self.ema.averaged if self.ema is not None else self.g
+        """What samples and evaluations use: the EMA generator (its BatchNorm statistics
+        recomputed when stale, see EMA.compute_averaged), or G without an EMA."""
+        return self.ema.compute_averaged() if self.ema is not None else self.g
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -84,20 +68,25 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def wrap(self) -> None:
-        """DDP-wrap, then compile, after restoring, so every rank starts from the same loaded state.
-        Compiling the DDP module (torch's documented order) lets dynamo split the graph at DDP's
-        buckets, so the gradient all-reduce overlaps the compiled backward pass."""
-        g, d = self.g, self.d
-        d_frozen = d
-        if self.world.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
-            # the same state and a checkpoint of rank 0 is the state of all.
-            g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
-        if self.cfg.train.compile:
-            g, d, d_frozen = torch.compile(g), torch.compile(d), torch.compile(d_frozen)
-        self.g_run, self.d_run, self.d_frozen = g, d, d_frozen
+
+def wrap_modules(cfg: Config, world: DistInfo, g: nn.Module, d: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D for the D step, D for the G step) as the step runs them: DDP-wrapped across ranks,
+    then compiled. Compiling the DDP module (torch's documented order) lets dynamo split the graph
+    at DDP's buckets, so the gradient all-reduce overlaps the compiled backward pass.
+
+    Built before a restore, as torchtitan parallelizes before it loads: DDP starts every rank from
+    rank 0's freshly built weights (the same on all, built from train.seed), and a restore then
+    loads the same checkpoint into the same parameters on every rank. Compiling is lazy: nothing
+    is traced before the first step."""
+    d_local = d
+    if world.world_size > 1:
+        ids = [world.device.index] if world.device.type == "cuda" else None
+        # broadcast_buffers: every forward starts from rank 0's BN buffers, so all ranks hold
+        # the same state and a checkpoint of rank 0 is the state of all.
+        g, d = DDP(g, device_ids=ids), DDP(d, device_ids=ids)
+    if cfg.train.compile:
+        g, d, d_local = torch.compile(g), torch.compile(d), torch.compile(d_local)
+    return g, d, d_local
 
 
 def memory_format(cfg: Config, device: torch.device) -> torch.memory_format:
@@ -120,7 +109,8 @@ def choose_kernels(deterministic: bool, device: torch.device) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
-def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
+def build_state(cfg: Config, world: DistInfo) -> TrainState:
+    """Everything from the seed alone (no global seeding), on the device, ready to restore into."""
     group = cfg.model.minibatch_std
     if group and cfg.data.batch_size % group:
         raise ConfigError(f"model.minibatch_std={group} must divide data.batch_size={cfg.data.batch_size} (each rank's batch is cut into groups)")
@@ -131,16 +121,23 @@ def build_trainer(cfg: Config, world: DistInfo) -> Trainer:
     adam = {"betas": (cfg.optim.beta1, cfg.optim.beta2), "fused": world.device.type == "cuda"}
     fixed = torch.randn(NUM_FIXED_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, FIXED_NOISE))
     stats_noise = torch.randn(NUM_STATS_NOISE, cfg.model.nz, 1, 1, generator=derived_generator(cfg.train.seed, 0, 0, STATS_NOISE))
-    return Trainer(
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, **adam)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam)
+    ema = EMA(g, cfg.train.ema_decay, stats_noise) if cfg.train.ema_decay > 0 else None  # a copy of the raw G
+    g_run, d_run, d_local = wrap_modules(cfg, world, g, d)
+    return TrainState(
         cfg=cfg,
         world=world,
         g=g,
         d=d,
-        opt_g=torch.optim.Adam(g.parameters(), lr=cfg.optim.lr_g, **adam),
-        opt_d=torch.optim.Adam(d.parameters(), lr=cfg.optim.lr_d, **adam),
-        ema=EMA(g, cfg.train.ema_decay, stats_noise) if cfg.train.ema_decay > 0 else None,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        ema=ema,
         fixed_noise=fixed,
         diff_augment=build_diff_augment(cfg.diffaugment),
+        g_run=g_run,
+        d_run=d_run,
+        d_local=d_local,
     )
 
 
