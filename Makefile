@@ -8,7 +8,7 @@ DATA ?= data/demo_frames
 # Your frames pack into a folder of their own (data/<frames folder>_shards), never into the demo's.
 SHARDS ?= $(if $(filter data/demo_frames,$(DATA)),data/demo_shards,data/$(notdir $(abspath $(DATA)))_shards)
 CONFIG ?= configs/demo.toml
-NPROC ?= 2
+NPROC ?= 1
 RUN ?= demo
 ARGS ?=
 # `make train` on your own frames and GPUs, e.g.:
