@@ -168,17 +168,17 @@ Record = Kept | Blank | Skip
 """One result of stage 1; a Skip is an input, or the rest of a damaged video, that gave no frame."""
 
 
-def record_row(record: Record, input_index: Mapping[str, int]) -> list[Any]:
+def record_row(record: Record, index_of: Mapping[str, int]) -> list[Any]:
     """A record as its chunk file's footer stores it: [input_index, frame, status, detail, offset,
     length], the row chunk files have always held (so unfinished packs of earlier versions resume).
-    `input_index` maps a Skip's path to its input's index."""
+    `index_of` maps a Skip's path to its input's index."""
     match record:
         case Kept(index, frame, key, offset, length):
             return [index, frame, "ok", key, offset, length]
         case Blank(index, frame):
             return [index, frame, "blank", "", 0, 0]
         case Skip(path, reason):
-            return [input_index[path], None, "skip", reason, 0, 0]
+            return [index_of[path], None, "skip", reason, 0, 0]
 
 
 def record_from_row(row: list[Any], paths: Sequence[str]) -> Record:
@@ -238,8 +238,8 @@ def encode_chunk(task: ChunkTask) -> ChunkResult:
                 records.append(Kept(input_index, item.index, key, f.tell(), len(data)))
                 f.write(data)
                 clock.lap("chunk write")
-        input_index = {rel: index for index, rel in task.inputs}
-        footer = json.dumps([record_row(r, input_index) for r in records], separators=(",", ":")).encode()
+        index_of = {rel: index for index, rel in task.inputs}
+        footer = json.dumps([record_row(r, index_of) for r in records], separators=(",", ":")).encode()
         f.write(footer + struct.pack("<Q", len(footer)))
     clock.lap("chunk write")
     return ChunkResult(records, dict(clock.seconds), str(temp_path(task.path)))

@@ -29,7 +29,7 @@ def _print_version(value: bool) -> None:
 
 
 def _root(version: bool = typer.Option(False, "--version", metavar="", callback=_print_version, is_eager=True, help="Print the version and exit")) -> None:
-    """Pack game frames into WebDataset shards and train DCGANs on them with exact resume."""
+    """`--version` (the app's help is HELP, given to typer.Typer)."""
 
 
 def new_app() -> typer.Typer:

@@ -154,7 +154,7 @@ def g_step(t: TrainState, real: torch.Tensor, fake_seen: torch.Tensor, view: Aug
 
 
 def sync_augment_probability(t: TrainState) -> None:
-    """ADA, collective at every augment.ada_interval_steps-th step: all-reduce the ranks' signs of
+    """ADA, collective at every diffaugment.ada_interval_steps-th step: all-reduce the ranks' signs of
     D(real) and move p, on the device (every rank's batch has the same size, so the count over
     ranks is count x world size). Called after the step is counted."""
     ada = t.diff_augment.ada if t.diff_augment is not None else None
