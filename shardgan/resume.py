@@ -65,8 +65,8 @@ The data set itself (shard list and contents) is checked by the loader's fingerp
 
 
 def state_dict(t: TrainState, loader: ShardLoader) -> dict[str, Any]:
-    """The whole state under named keys; collective (gathers every rank's RNG states)."""
-    rng = dist.all_gather_objects(capture_global_states(t.device))
+    """The whole state under named keys; collective (one gather of every rank's RNG states and ADA sums)."""
+    rng, augment = zip(*dist.all_gather_objects((capture_global_states(t.device), _augment_state(t))))
     return {
         ckpt.G: t.g.state_dict(),
         ckpt.D: t.d.state_dict(),
@@ -76,10 +76,10 @@ def state_dict(t: TrainState, loader: ShardLoader) -> dict[str, Any]:
         ckpt.STEP: t.step,
         ckpt.WORLD_SIZE: t.world.world_size,
         ckpt.LOADER: loader.state_dict(),
-        ckpt.RNG: rng,
+        ckpt.RNG: list(rng),
         ckpt.CONFIG: t.cfg.to_dict(),
         ckpt.FIXED_NOISE: t.fixed_noise,
-        AUGMENT_STATE: dist.all_gather_objects(_augment_state(t)),
+        AUGMENT_STATE: list(augment),
     }
 
 
