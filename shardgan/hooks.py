@@ -74,12 +74,13 @@ run's stays near 1; one image plus speckle scores near 0."""
 class CollapseWatchdog:
     """The original project's failure, said out loud: D wins (d_real near 1, d_fake near 0) for
     `logs_in_a_row` log lines in a row, or the samples' diversity stays below MIN_DIVERSITY for
-    `evals_in_a_row` evaluations in a row (mode collapse). Fed every metrics record (log lines
-    and evaluations); its streaks are recomputed from metrics.jsonl on resume, so a resumed run
-    flags the same steps."""
+    `evals_in_a_row` evaluations in a row (mode collapse), counted from step `after_step` on.
+    Fed every metrics record (log lines and evaluations); its streaks are recomputed from
+    metrics.jsonl on resume, so a resumed run flags the same steps."""
 
     logs_in_a_row: int
     evals_in_a_row: int
+    after_step: int = 0
     d_wins: int = 0
     low_diversity: int = 0
     started: list[str] = field(default_factory=list)
@@ -90,7 +91,7 @@ class CollapseWatchdog:
         or None. A streak counts from its threshold on; a threshold of 0 disables it."""
         before = self._found()
         if "swd" in record:  # an evaluation
-            if "diversity" in record:
+            if "diversity" in record and record["step"] >= self.after_step:
                 self.low_diversity = self.low_diversity + 1 if record["diversity"] < MIN_DIVERSITY else 0
         elif "d_real" in record:  # a log line
             self.d_wins = self.d_wins + 1 if record["d_real"] > D_WINS_REAL and record["d_fake"] < D_WINS_FAKE else 0
@@ -219,7 +220,7 @@ class Hooks:
         self.agreement = dist.LateAgreement(t.device)
         self.stopping = False
         """A stop all ranks agreed on, seen by after_step or by a save's fresh read."""
-        self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs, t.cfg.train.collapse_evals)
+        self.watchdog = CollapseWatchdog(t.cfg.train.collapse_logs, t.cfg.train.collapse_evals, t.cfg.train.collapse_after_steps)
         self.records = read_metrics(rd.metrics) if t.world.is_main else []
         """Rank 0: metrics.jsonl as written, read once here and appended to, for the curves."""
         for record in self.records:  # the streaks of the history this run continues (metrics.jsonl ends at the resumed step)

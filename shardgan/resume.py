@@ -43,6 +43,7 @@ CHANGE_POLICY: dict[str, str] = {
     # applied with a warning: the run continues from here under the new value, not bit-exactly
     **dict.fromkeys(("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2", "train.ema_decay"), APPLIED),
     **dict.fromkeys(("optim.r1_gamma", "optim.r2_gamma", "optim.penalty_every_steps"), APPLIED),
+    **dict.fromkeys(("optim.decay_steps", "optim.lr_final", "optim.gamma_final"), APPLIED),
     **dict.fromkeys(("data.translate_px", "data.color_jitter", "data.hflip"), APPLIED),
     **dict.fromkeys(("diffaugment.policy", "diffaugment.probability", "diffaugment.translation_ratio", "diffaugment.cutout_ratio"), APPLIED),
     **dict.fromkeys(("diffaugment.ada_target", "diffaugment.ada_interval_steps", "diffaugment.ada_ramp_images"), APPLIED),
@@ -51,7 +52,7 @@ CHANGE_POLICY: dict[str, str] = {
     # free: where things are, how fast they load, when to stop, log, save or evaluate
     **dict.fromkeys(("data.shards", "data.manifest", "data.num_workers", "data.on_corrupt", "data.pin_memory", "data.prefetch_factor", "data.progress_every_s"), FREE),
     **dict.fromkeys(("data.cache_dir", "data.cache_limit", "data.prefetch_shards", "data.read_ahead", "data.fetch_attempts", "data.fetch_backoff_s", "data.fetch_timeout_s"), FREE),
-    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals"), FREE),
+    **dict.fromkeys(("train.epochs", "train.max_steps", "train.log_every_steps", "train.sample_every_steps", "train.collapse_logs", "train.collapse_evals", "train.collapse_after_steps"), FREE),
     **dict.fromkeys(("train.sample_at_epoch_end", "train.collective_timeout_s"), FREE),
     **dict.fromkeys(("checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.at_epoch_end", "checkpoint.keep_last"), FREE),
     **dict.fromkeys(("checkpoint.resume", "checkpoint.allow_config_change", "run.root", "run.name"), FREE),

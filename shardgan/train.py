@@ -52,6 +52,7 @@ def train_step(t: TrainState, images: torch.Tensor) -> dict[str, torch.Tensor]:
     With diffaugment.policy, D sees reals and fakes through the same differentiable augmentation,
     drawn once per step: image i of the reals and image i of the fakes get the same shift,
     cutout and colour change, in the D step and (through G's graph) in the G step."""
+    set_learning_rates(t)
     real, z = real_and_noise(t, images)
     view = draw_d_view(t, real.shape)
     d = d_step(t, real, z, view)
@@ -70,6 +71,15 @@ def train_step(t: TrainState, images: torch.Tensor) -> dict[str, torch.Tensor]:
         stats["augment_p"] = torch.as_tensor(t.diff_augment.p)  # on the device once updated
         t.diff_augment.ada.observe(d.real_logits)  # this rank's signs alone: sync_augment_probability sums them
     return stats
+
+
+def set_learning_rates(t: TrainState) -> None:
+    """optim.decay_steps' schedule at this step (set every step: a restored optimizer's saved lr
+    is overwritten, so the step alone decides)."""
+    scale = t.cfg.optim.lr_scale(t.step)
+    for opt, lr in ((t.opt_g, t.cfg.optim.lr_g), (t.opt_d, t.cfg.optim.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
 
 
 def real_and_noise(t: TrainState, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +138,8 @@ def d_step(t: TrainState, real: torch.Tensor, z: torch.Tensor, view: AugmentPara
     if r2:
         penalties["r2"] = gradient_penalty(fake_logits, fake_in)
     # lazily regularized: every penalty_every_steps-th step, that many times as strong
-    gammas = {"r1": optim.r1_gamma, "r2": optim.r2_gamma}
+    scale = optim.gamma_scale(t.step)  # optim.decay_steps' schedule
+    gammas = {"r1": optim.r1_gamma * scale, "r2": optim.r2_gamma * scale}
     loss_d_total = loss_d + sum(gammas[k] / 2 * optim.penalty_every_steps * v for k, v in penalties.items())
     t.opt_d.zero_grad(set_to_none=True)
     loss_d_total.backward()

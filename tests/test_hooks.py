@@ -92,13 +92,22 @@ def test_watchdog_counts_logs_in_a_row_and_resets() -> None:
     assert dog.check(fair) is None  # the streak is broken
     assert [dog.check(wins) for _ in range(3)] == [None, None, "d_wins"] and dog.started == ["d_wins"]
     assert dog.check(wins) == "d_wins" and dog.started == []  # warned at the third, not again
-    low = {"swd": 120.0, "diversity": 0.1}
+    low = {"step": 0, "swd": 120.0, "diversity": 0.1}
     assert dog.check({**wins, "diversity": 0.01}) == "d_wins"  # a log line's own batch diversity does not count
     assert [dog.check(low), dog.check(wins), dog.check(low)] == ["d_wins", "d_wins", "d_wins+low_diversity"]  # evaluations in a row
     assert dog.started == ["low_diversity"]
     assert dog.check(fair) == "low_diversity" and dog.started == []  # log lines during the collapse carry it, without a new warning
-    assert dog.check({"swd": 80.0, "diversity": 0.9}) is None
+    assert dog.check({"step": 0, "swd": 80.0, "diversity": 0.9}) is None
     assert hooks.CollapseWatchdog(logs_in_a_row=0, evals_in_a_row=0).check(wins) is None
+
+
+def test_watchdog_judges_diversity_from_collapse_after_steps_on() -> None:
+    """A healthy demo run's first evaluations (steps 200, 400: blurry means, 0.12 and 0.16) are
+    not a collapse; the same spread from step 500 on is."""
+    dog = hooks.CollapseWatchdog(logs_in_a_row=3, evals_in_a_row=2, after_step=500)
+    early = [dog.check({"step": step, "swd": 250.0, "diversity": d}) for step, d in ((200, 0.12), (400, 0.16))]
+    assert early == [None, None] and dog.low_diversity == 0
+    assert [dog.check({"step": step, "swd": 90.0, "diversity": 0.1}) for step in (600, 800)] == [None, "low_diversity"]
 
 
 def test_watchdog_warns_once_marks_metrics_and_a_resumed_run_continues_the_streak(
@@ -151,7 +160,7 @@ def run_with_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: t
     build_dataset(shards, [40], width=24, height=16, val_sizes=(32,))
     monkeypatch.setattr(state.TrainState, "sampler", lambda self: sampler)
     run = tmp_path / "run"
-    extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=32", "train.collapse_evals=2", "checkpoint.every_steps=10")
+    extra = ("train.max_steps=20", "eval.every_steps=5", "eval.num_images=32", "train.collapse_evals=2", "train.collapse_after_steps=0", "checkpoint.every_steps=10")
     assert train_inprocess(shards, run, *extra) == 0
     return run
 

@@ -169,7 +169,7 @@ def test_a_cuda_run_checkpoints_what_a_cpu_generates_from(tiny_shards: Path, tmp
 # -- the relativistic loss and the gradient penalties -------------------------------------------
 
 
-def rpgan_trainer(r1: float, r2: float, every: int, **model):
+def rpgan_trainer(r1: float, r2: float, every: int, decay_steps: int = 0, **model):
     """A tiny rpgan trainer on the CPU, no augmentation of any kind (D sees the images as loaded)."""
     from shardgan.distributed import DistInfo
     from shardgan.state import build_state
@@ -179,6 +179,7 @@ def rpgan_trainer(r1: float, r2: float, every: int, **model):
     cfg.model.loss = "rpgan"
     cfg.data.translate_px, cfg.data.color_jitter, cfg.data.batch_size = 0, 0.0, 6
     cfg.optim.r1_gamma, cfg.optim.r2_gamma, cfg.optim.penalty_every_steps = r1, r2, every
+    cfg.optim.decay_steps = decay_steps
     return build_state(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
 
 
@@ -190,16 +191,20 @@ def images_and_noise(t, step: int):
     return images, z
 
 
-def test_the_d_step_adds_gamma_half_times_k_times_each_penalty_on_penalty_steps_only() -> None:
+@pytest.mark.parametrize("decay_steps", [0, 8])
+def test_the_d_step_adds_gamma_half_times_k_times_each_penalty_on_penalty_steps_only(decay_steps: int) -> None:
     """D's gradient with R1/R2 minus D's gradient without them (same weights, same batch) is
-    (gamma / 2) * k * the gradient of the hand-computed penalties, at steps divisible by k."""
+    (gamma / 2) * k * the gradient of the hand-computed penalties, at steps divisible by k;
+    with optim.decay_steps, gamma as decayed at that step (step 5 of 8: 1 -> 0.1 by a cosine)."""
     import copy
+    import math
 
     from shardgan.train import train_step
 
     gamma1, gamma2, k = 0.3, 0.7, 2
+    share = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 8)) if decay_steps else 1.0
     for step, penalized in ((5, True), (4, False)):  # t.step 5 is counted as step 6
-        with_pen, plain = rpgan_trainer(gamma1, gamma2, k), rpgan_trainer(0.0, 0.0, k)
+        with_pen, plain = rpgan_trainer(gamma1, gamma2, k, decay_steps), rpgan_trainer(0.0, 0.0, k, decay_steps)
         with_pen.step = plain.step = step
         d0, g0 = copy.deepcopy(with_pen.d), copy.deepcopy(with_pen.g)
         images, z = images_and_noise(with_pen, step)
@@ -215,7 +220,7 @@ def test_the_d_step_adds_gamma_half_times_k_times_each_penalty_on_penalty_steps_
         r1 = torch.stack([torch.autograd.grad(d0(real)[i], real, create_graph=True)[0][i].square().sum() for i in range(6)]).mean()
         r2 = torch.stack([torch.autograd.grad(d0(fake)[i], fake, create_graph=True)[0][i].square().sum() for i in range(6)]).mean()
         assert stats["r1"].item() == pytest.approx(r1.item(), rel=1e-4) and stats["r2"].item() == pytest.approx(r2.item(), rel=1e-4)
-        expected = torch.autograd.grad(gamma1 / 2 * k * r1 + gamma2 / 2 * k * r2, list(d0.parameters()))
+        expected = torch.autograd.grad(share * (gamma1 / 2 * k * r1 + gamma2 / 2 * k * r2), list(d0.parameters()))
         for got, want in zip(diff, expected):
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-7)
         assert any(w.abs().sum() > 0 for w in expected)
@@ -236,6 +241,24 @@ def test_rpgan_g_step_pairs_each_fake_with_a_real_judged_by_the_updated_d() -> N
     assert stats["loss_g"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_decay_steps_sets_both_learning_rates_from_the_step_alone() -> None:
+    """A cosine from lr to lr_final * lr over optim.decay_steps, then held; whatever lr a restored
+    optimizer carried, the step decides."""
+    from shardgan.train import train_step
+
+    t = rpgan_trainer(0.0, 0.0, 1, decay_steps=10)
+    lr_g, lr_d = t.cfg.optim.lr_g, t.cfg.optim.lr_d
+    seen = {}
+    for step in (0, 5, 10, 15):
+        t.step = step
+        t.opt_g.param_groups[0]["lr"] = t.opt_d.param_groups[0]["lr"] = 123.0  # as if restored from elsewhere
+        train_step(t, images_and_noise(t, step)[0])
+        seen[step] = (t.opt_g.param_groups[0]["lr"] / lr_g, t.opt_d.param_groups[0]["lr"] / lr_d)
+    assert seen[0] == pytest.approx((1.0, 1.0))
+    assert seen[5] == pytest.approx((0.625, 0.625))  # halfway down the cosine from 1 to 0.25
+    assert seen[10] == seen[15] == pytest.approx((0.25, 0.25))
+
+
 def test_minibatch_std_must_divide_the_batch() -> None:
     from shardgan.errors import ConfigError
 
@@ -244,11 +267,11 @@ def test_minibatch_std_must_divide_the_batch() -> None:
 
 
 def test_rpgan_with_lazy_penalties_and_minibatch_std_resumes_exactly(tiny_shards: Path, tmp_path: Path) -> None:
-    """The penalty steps follow from the step count alone: stopped at step 25 (mid-period of 3)
-    and resumed == straight, bit for bit."""
+    """The penalty steps and the decayed learning rates and gammas follow from the step count
+    alone: stopped at step 25 (mid-period of 3, mid-decay) and resumed == straight, bit for bit."""
     from tests.trainer_runs import COMPARED, assert_same_state
 
-    extra = ["model.loss=rpgan", "model.d_batchnorm=false", "model.minibatch_std=4", "optim.r1_gamma=0.5", "optim.r2_gamma=0.5", "optim.penalty_every_steps=3"]
+    extra = ["model.loss=rpgan", "model.d_batchnorm=false", "model.minibatch_std=4", "optim.r1_gamma=0.5", "optim.r2_gamma=0.5", "optim.penalty_every_steps=3", "optim.decay_steps=28"]
     straight, resumed = tmp_path / "straight_rpgan", tmp_path / "resumed_rpgan"
     assert train_inprocess(tiny_shards, straight, *extra, "train.max_steps=30") == 0
     assert train_inprocess(tiny_shards, resumed, *extra, "train.max_steps=25") == 0
