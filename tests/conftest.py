@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import signal
 import socket
 import struct
 import sys
@@ -24,6 +25,14 @@ from shardgan.synthetic import game_frame, write_frames
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 pytest_plugins = ["tests.trainer_runs"]  # trainer session fixtures, computed once for all test files
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background by a non-interactive shell (`make test &`, nohup)
+    inherits SIGINT ignored, and so would every process the Ctrl-C tests start, which then shrug
+    off the terminal's Ctrl-C those tests emulate: the tests' processes get the default back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
