@@ -8,6 +8,7 @@ blank and duplicate filters have something to remove.
 Deterministic given --seed. Cached: an episode folder that exists is complete, because
 each episode is written into `<out>.partial/` and renamed into `<out>/` only when done,
 so a killed run never leaves half an episode where `shardgan pack` would read it.
+tools/make_tuning_frames.py writes its episodes through the same `write_missing_episodes`.
 
 When `vizdoom` cannot be imported or started (install it: `pip install -e '.[demo]'`),
 procedural game-like frames stand in, with a message saying so.
@@ -22,6 +23,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -101,39 +103,43 @@ def doom_frames(episode: int, seed: int, num_frames: int, size: tuple[int, int],
     import vizdoom as vzd
 
     wad, level = episode_map(episode, seed)
-    game = vzd.DoomGame()
-    game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), wad))
-    game.set_doom_map(level)
-    game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{size[0]}X{size[1]}"))
-    game.set_screen_format(vzd.ScreenFormat.RGB24)
-    game.set_window_visible(False)
-    game.set_sound_enabled(False)
-    game.set_audio_buffer_enabled(False)
-    game.set_render_hud(True)
-    game.set_render_messages(False)
-    game.set_mode(vzd.Mode.PLAYER)
-    game.set_episode_timeout(0)
-    game.set_seed(seed * 1000 + episode)
-    B = vzd.Button
-    game.set_available_buttons([B.MOVE_FORWARD, B.TURN_LEFT, B.TURN_RIGHT, B.ATTACK, B.USE, B.SPEED])
-    game.set_available_game_variables([vzd.GameVariable.POSITION_X, vzd.GameVariable.POSITION_Y])
-    game.init()
-    try:
-        policy = Wanderer(np.random.default_rng([seed, episode]))
-        made = 0
-        step = 0
-        while made < num_frames:
-            if game.is_episode_finished():  # died or left the level: start the map again
-                game.new_episode()
-            state = game.get_state()
-            if step % every == 0:
-                yield state.screen_buffer.copy()
-                made += 1
-            x, y = state.game_variables[:2]
-            game.make_action(policy.act(float(x), float(y)), TICS_PER_ACTION)
-            step += 1
-    finally:
-        game.close()
+    with tempfile.TemporaryDirectory(prefix="vizdoom-") as scratch:
+        # vizdoom makes _vizdoom/ in the current directory, and its engine, started there by init,
+        # writes _vizdoom.ini there on closing: a scratch one, so the caller's is left as it was.
+        with working_directory(Path(scratch)):
+            game = vzd.DoomGame()
+            game.set_doom_game_path(os.path.join(os.path.dirname(vzd.__file__), wad))
+            game.set_doom_map(level)
+            game.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{size[0]}X{size[1]}"))
+            game.set_screen_format(vzd.ScreenFormat.RGB24)
+            game.set_window_visible(False)
+            game.set_sound_enabled(False)
+            game.set_audio_buffer_enabled(False)
+            game.set_render_hud(True)
+            game.set_render_messages(False)
+            game.set_mode(vzd.Mode.PLAYER)
+            game.set_episode_timeout(0)
+            game.set_seed(seed * 1000 + episode)
+            B = vzd.Button
+            game.set_available_buttons([B.MOVE_FORWARD, B.TURN_LEFT, B.TURN_RIGHT, B.ATTACK, B.USE, B.SPEED])
+            game.set_available_game_variables([vzd.GameVariable.POSITION_X, vzd.GameVariable.POSITION_Y])
+            game.init()
+        try:
+            policy = Wanderer(np.random.default_rng([seed, episode]))
+            made = 0
+            step = 0
+            while made < num_frames:
+                if game.is_episode_finished():  # died or left the level: start the map again
+                    game.new_episode()
+                state = game.get_state()
+                if step % every == 0:
+                    yield state.screen_buffer.copy()
+                    made += 1
+                x, y = state.game_variables[:2]
+                game.make_action(policy.act(float(x), float(y)), TICS_PER_ACTION)
+                step += 1
+        finally:
+            game.close()
 
 
 def procedural_frames(episode: int, seed: int, num_frames: int, size: tuple[int, int]) -> Iterator[np.ndarray]:
@@ -180,6 +186,35 @@ def write_episode(directory: Path, frames: Iterator[np.ndarray], bar: tqdm) -> N
         bar.update(1)
 
 
+def write_missing_episodes(
+    out: Path, names: list[str], frames_per_episode: int, seed: int, size: tuple[int, int], open_source: Callable[[], FrameSource]
+) -> int:
+    """Write episode `i` into `out/names[i]` where that folder lacks its frames_per_episode PNGs;
+    returns how many frames were written now.
+
+    Each episode goes into `<out>.partial/<name>` and is renamed into `out` once complete, so a
+    killed run leaves no half episode where `shardgan pack` reads, and its rerun redoes only the
+    missing ones. `open_source` is called only when some are missing (vizdoom's starts the engine).
+    """
+    out = out.resolve()  # `.` too has a name to put `.partial` beside
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [ep for ep, name in enumerate(names) if len(list((out / name).glob("*.png"))) != frames_per_episode]
+    if not todo:
+        print(f"{out}: all {len(names)} episodes present ({len(names) * frames_per_episode} frames), nothing to do")
+        return 0
+    source = open_source()
+    partial.mkdir()
+    with tqdm(total=len(todo) * frames_per_episode, unit="frame", desc=out.name) as bar:
+        for ep in todo:
+            write_episode(partial / names[ep], source(ep, seed, frames_per_episode, size), bar)
+            shutil.rmtree(out / names[ep], ignore_errors=True)  # an incomplete folder from older args
+            os.replace(partial / names[ep], out / names[ep])
+    partial.rmdir()
+    return len(todo) * frames_per_episode
+
+
 def pick_source(every: int) -> tuple[FrameSource, str]:
     """vizdoom if it imports and starts here, else the procedural stand-in (with the reason)."""
     try:
@@ -193,30 +228,8 @@ def pick_source(every: int) -> tuple[FrameSource, str]:
     return (lambda ep, seed, n, size: doom_frames(ep, seed, n, size, every)), ""
 
 
-def make_frames(out: Path, episodes: int, frames_per_episode: int, every: int, seed: int, resolution: str) -> int:
-    """Write the missing episode folders into `out`; returns how many frames were written now."""
-    size = RESOLUTIONS[resolution]
-    out = out.resolve()  # absolute: the engine runs with the partial folder as current directory
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
-    out.mkdir(parents=True, exist_ok=True)
-    todo = [
-        ep
-        for ep in range(episodes)
-        if len(list((out / episode_name(ep, seed)).glob("*.png"))) != frames_per_episode
-    ]
-    if not todo:
-        print(f"{out}: all {episodes} episodes present ({episodes * frames_per_episode} frames), nothing to do")
-        return 0
-    partial.mkdir(parents=True)
-    with working_directory(partial):  # vizdoom writes _vizdoom.ini and _vizdoom/ into the current directory
-        write_episodes(out, partial, todo, frames_per_episode, every, seed, size)
-    shutil.rmtree(partial)
-    return len(todo) * frames_per_episode
-
-
-def write_episodes(out: Path, partial: Path, todo: list[int], frames_per_episode: int, every: int, seed: int, size: tuple[int, int]) -> None:
-    """Each episode into `partial/<name>`, then renamed into `out` once complete."""
+def demo_source(every: int) -> FrameSource:
+    """pick_source's frames (saying so when they are the stand-in) with with_screens' screens mixed in."""
     source, why_not = pick_source(every)
     if why_not:
         print(
@@ -224,14 +237,13 @@ def write_episodes(out: Path, partial: Path, todo: list[int], frames_per_episode
             "not real game frames. Install it with: pip install -e '.[demo]'",
             file=sys.stderr,
         )
-    with tqdm(total=len(todo) * frames_per_episode, unit="frame", desc="demo frames") as bar:
-        for ep in todo:
-            name = episode_name(ep, seed)
-            rng = np.random.default_rng([seed, ep, 1])
-            frames = with_screens(source(ep, seed, frames_per_episode, size), ep, frames_per_episode, rng)
-            write_episode(partial / name, frames, bar)
-            shutil.rmtree(out / name, ignore_errors=True)  # an incomplete folder from older args
-            os.replace(partial / name, out / name)
+    return lambda ep, seed, n, size: with_screens(source(ep, seed, n, size), ep, n, np.random.default_rng([seed, ep, 1]))
+
+
+def make_frames(out: Path, episodes: int, frames_per_episode: int, every: int, seed: int, resolution: str) -> int:
+    """Write the missing episode folders into `out`; returns how many frames were written now."""
+    names = [episode_name(ep, seed) for ep in range(episodes)]
+    return write_missing_episodes(out, names, frames_per_episode, seed, RESOLUTIONS[resolution], lambda: demo_source(every))
 
 
 def main(argv: list[str] | None = None) -> None:

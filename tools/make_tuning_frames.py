@@ -9,8 +9,9 @@
   episode (one of a few layouts), a few 8x8 sprites that bounce, a blinking cursor, a score.
   A collapsed G that draws the board alone still looks plausible, which is what makes it hard.
 
-Generated, never shipped: deterministic given --seed, one folder per episode of PNGs like
-tools/make_demo_frames.py writes, for `shardgan pack`.
+Generated, never shipped: deterministic given --seed, one folder per episode of PNGs for
+`shardgan pack`, written by tools/make_demo_frames.py's driver with its guarantees: each episode
+complete or absent (a killed run leaves none half written), and a rerun writes only the missing.
 
     python tools/make_tuning_frames.py scroller data/scroller_frames --episodes 15 --frames-per-episode 200
 """
@@ -18,11 +19,18 @@ tools/make_demo_frames.py writes, for `shardgan pack`.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from shardgan.cli import parse_frame_size
+from shardgan.errors import ConfigError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a file or loaded by a test alike
+
+from make_demo_frames import FrameSource, write_missing_episodes  # noqa: E402
 
 Frame = np.ndarray
 """(H, W, 3) uint8."""
@@ -136,29 +144,38 @@ def static_episode(episode: int, seed: int, num_frames: int, size: tuple[int, in
         yield frame
 
 
-KINDS: dict[str, Callable[[int, int, int, tuple[int, int]], Iterator[Frame]]] = {
+KINDS: dict[str, FrameSource] = {
     "scroller": scroller_episode,
     "static": static_episode,
 }
 
 
-def main() -> None:
+def frame_size(text: str) -> tuple[int, int]:
+    """--size as `shardgan pack` reads it, both sides given: there are no frames to take an aspect ratio from."""
+    try:
+        width, height = parse_frame_size(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if width is None or height is None:
+        raise argparse.ArgumentTypeError(f"--size needs both sides here, e.g. 160x120; got {text!r}")
+    return width, height
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=sorted(KINDS))
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, help="output folder (one subfolder per episode)")
     parser.add_argument("--episodes", type=int, default=15)
     parser.add_argument("--frames-per-episode", type=int, default=200)
-    parser.add_argument("--size", default="160x120", help="WIDTHxHEIGHT")
+    parser.add_argument("--size", type=frame_size, default="160x120", help="WIDTHxHEIGHT")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
-    for episode in range(args.episodes):
-        folder = args.out / f"ep{episode:03d}_{args.kind}"
-        folder.mkdir(parents=True, exist_ok=True)
-        frames = KINDS[args.kind](episode, args.seed, args.frames_per_episode, (width, height))
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(folder / f"frame_{i:05d}.png")
-    print(f"wrote {args.episodes * args.frames_per_episode} {args.kind} frames to {args.out}")
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.frames_per_episode < 1:
+        parser.error("need --episodes >= 1, --frames-per-episode >= 1")
+    names = [f"ep{episode:03d}_{args.kind}" for episode in range(args.episodes)]
+    written = write_missing_episodes(args.out, names, args.frames_per_episode, args.seed, args.size, lambda: KINDS[args.kind])
+    if written:
+        print(f"wrote {written} {args.kind} frames to {args.out}")
 
 
 if __name__ == "__main__":
