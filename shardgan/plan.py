@@ -88,7 +88,12 @@ class RankPlan:
         piece, offset = np.divmod(slot, self.per_piece)
         return piece * self.piece + self.samples_seen // self.canonical_nodes + batch * self.per_piece + offset
 
+    def batch_positions(self, order: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - start, B, 2): the (shard, index) of every sample of batches [start, stop),
+        in one vectorized lookup (the loader takes them a block at a time, not a batch)."""
+        stop = self.num_batches if stop is None else stop
+        return order[self.batch_indices(start) + self.per_piece * np.arange(stop - start)[:, None]]
+
     def shard_sequence(self, order: np.ndarray) -> list[int]:
         """The shards this rank reads, in first-use order (what the loader fetches or reads ahead)."""
-        read = order[(self.batch_indices(0) + self.per_piece * np.arange(self.num_batches)[:, None]).ravel(), 0]
-        return list(dict.fromkeys(read.tolist()))
+        return list(dict.fromkeys(self.batch_positions(order)[:, :, 0].ravel().tolist()))

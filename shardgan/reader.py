@@ -75,6 +75,7 @@ class _Mapped:
         else:
             self.bytes = torch.empty(0, dtype=torch.uint8)
         self.data = self.bytes.numpy()
+        self._views: dict[tuple[int, int, int, int], torch.Tensor] = {}
 
     def __del__(self) -> None:  # when the last thread using it lets go, not at eviction
         self.file.close()
@@ -87,15 +88,20 @@ class _Mapped:
         """The bytes of [start, end), fewer if the file ends first."""
         return self.data[start : min(end, self.size_now())].tobytes()
 
-    def rows(self, starts: np.ndarray, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(len(starts), length): the bytes at each start (each must fit), gathered in one call.
+    def table(self, first: int, stride: int, count: int, length: int) -> torch.Tensor:
+        """The bytes seen as `count` rows of `length`, row k at first + k * stride, for
+        index_select to copy whole rows in C with the GIL released (numpy's take would first
+        copy the view). Made once per mapping: a view costs ~3 us."""
+        key = (first, stride, count, length)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self.bytes.as_strided((count, length), (stride, 1), first)
+        return view
 
-        The shard seen as overlapping rows, row k starting at byte k, so index_select copies
-        whole rows in C with the GIL released (numpy's take would first copy the window).
-        """
-        window = self.bytes.as_strided((len(self.bytes) - length + 1, length), (1, 1))
-        index = torch.from_numpy(starts)
-        return torch.index_select(window, 0, index) if out is None else torch.index_select(window, 0, index, out=out)
+    def rows(self, starts: np.ndarray, length: int) -> torch.Tensor:
+        """(len(starts), length): the bytes at each start (each must fit), gathered in one call
+        (the shard as overlapping rows, row k at byte k)."""
+        return torch.index_select(self.table(0, 1, len(self.bytes) - length + 1, length), 0, torch.from_numpy(starts))
 
 
 class ShardReader:
@@ -181,13 +187,15 @@ class ShardReader:
         sample of the same batch (on_corrupt=skip), so batch shapes and every rank's batch count
         stay the same; on_corrupt=fail raises its CorruptSampleError.
         """
-        keys: list[str] = [""] * len(positions)
+        if self.image_format == "raw":
+            keys = self._copy_raw(positions, out)
+            if keys is not None:
+                return keys, []
+        keys = [""] * len(positions)
         corrupt: list[CorruptReport] = []
         bad: list[int] = []
         shards = positions[:, 0]
-        # The epoch order keeps a shard's samples together: a batch is one or two runs of one shard.
-        cuts = [] if shards[0] == shards[-1] else (np.flatnonzero(np.diff(shards)) + 1).tolist()
-        for lo, hi in zip([0, *cuts], [*cuts, len(positions)]):
+        for lo, hi in shard_runs(shards):
             slow = self._read_run(int(shards[lo]), positions[lo:hi, 1], out[lo:hi], keys, lo)
             for j in slow:
                 try:
@@ -200,6 +208,40 @@ class ShardReader:
                     bad.append(lo + j)
         _fill_from_good(out, keys, bad, corrupt)
         return keys, corrupt
+
+    def read_batches(self, positions: np.ndarray, out: np.ndarray, on_corrupt: str = "skip") -> list[tuple[list[str], list[CorruptReport]]]:
+        """Several batches at once: `positions` (K, B, 2) into `out` (K, B, H, W, C), read_batch's
+        answer for each. Intact raw samples take one copy per shard run for all K batches (the
+        per-call cost is what limits raw reading); otherwise batch by batch, so that a corrupt
+        sample is still filled from its own batch."""
+        if self.image_format == "raw" and len(positions) > 1:
+            keys = self._copy_raw(positions.reshape(-1, 2), out.reshape(-1, *self.shape))
+            if keys is not None:
+                size = positions.shape[1]
+                return [(keys[k * size : (k + 1) * size], []) for k in range(len(positions))]
+        return [self.read_batch(p, o, on_corrupt) for p, o in zip(positions, out)]
+
+    def _copy_raw(self, positions: np.ndarray, out: np.ndarray) -> list[str] | None:
+        """The fast path for raw samples: one index_select per shard run, straight into `out`,
+        when every sample of those shards passed the layout check and fits the file as it is
+        now; None (nothing decided yet) otherwise."""
+        flat = torch.from_numpy(out).view(len(out), -1)
+        shards = positions[:, 0]
+        keys: list[str] = []
+        for lo, hi in shard_runs(shards):
+            shard = int(shards[lo])
+            mapped = self._map(shard)
+            checked = self._layout(shard, mapped)
+            if not checked.all_ok or checked.end > mapped.size_now():
+                return None
+            indices = positions[lo:hi, 1]
+            if checked.stride:  # as packed: samples of one size, one after another
+                rows, table = torch.from_numpy(indices), mapped.table(int(checked.pixels_at[0]), checked.stride, len(checked.pixels_at), self._raw_size)
+            else:
+                rows, table = torch.from_numpy(checked.pixels_at[indices]), mapped.table(0, 1, len(mapped.bytes) - self._raw_size + 1, self._raw_size)
+            torch.index_select(table, 0, rows, out=flat[lo:hi])
+            keys += checked.layout.keys[indices].tolist()
+        return keys
 
     def encoded(self, positions: np.ndarray) -> tuple[list[str], list[bytes | None], list[CorruptReport]]:
         """The stored image bytes of the samples at `positions`, undecoded (for a decoder
@@ -273,10 +315,7 @@ class ShardReader:
         checked = self._layout(shard, mapped)
         layout = checked.layout
         keys[first : first + len(indices)] = layout.keys[indices].tolist()
-        if checked.all_ok and checked.end <= mapped.size_now():  # the usual case: no per-sample mask
-            if self.image_format == "raw":
-                mapped.rows(checked.pixels_at[indices], self._raw_size, out=torch.from_numpy(out).view(len(out), -1))
-                return []
+        if checked.all_ok and checked.end <= mapped.size_now() and self.image_format != "raw":  # no per-sample mask
             return self._decode(mapped, layout.data_start[indices], layout.data_size[indices], np.arange(len(indices)), out)
         data_start, data_size = layout.data_start[indices], layout.data_size[indices]
         ok = layout.ok[indices] & (data_start + data_size <= mapped.size_now())
@@ -321,9 +360,21 @@ class _Checked:
         ends = layout.data_start + layout.data_size
         self.pixels_at = ends - raw_size
         """raw: where each sample's pixels start (the .npy member's last H*W*C bytes)."""
+        steps = np.diff(self.pixels_at)
+        self.stride = int(steps[0]) if len(steps) and steps[0] >= raw_size and (steps == steps[0]).all() else 0
+        """raw: the distance between samples when it is one (pack's shards), else 0."""
         self.all_ok = bool(layout.ok.all())
         self.end = int(ends.max(initial=0))
         """Bytes the samples need: a file cut shorter sends each batch to the per-sample check."""
+
+
+def shard_runs(shards: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of one shard: the epoch order keeps a shard's samples together, so
+    a batch is one or two runs (with canonical nodes, one or two per piece)."""
+    if shards[0] == shards[-1]:
+        return [(0, len(shards))]
+    cuts = (np.flatnonzero(np.diff(shards)) + 1).tolist()
+    return list(zip([0, *cuts], [*cuts, len(shards)]))
 
 
 def _key_at(header: bytes, index: int) -> str:

@@ -14,6 +14,7 @@ from .conftest import PYTHON, ROOT, build_dataset, write_tiny_shards
 from .loader_runs import SIZES, all_ranks_epoch, make_loader, take
 from shardgan.config import DataConfig
 from shardgan.errors import DataError
+from shardgan import loader as loader_module
 from shardgan.loader import ShardLoader
 from shardgan.shards import sample_key
 from shardgan.synthetic import game_frame
@@ -110,6 +111,7 @@ def test_state_after_the_last_batch_points_at_the_next_epoch(dataset):
 RESUME_SCRIPT = """
 import json, sys
 from shardgan.config import DataConfig
+from shardgan import loader as loader_module
 from shardgan.loader import ShardLoader
 shards, state = sys.argv[1], json.loads(sys.argv[2])
 loader = ShardLoader(DataConfig(shards=shards, batch_size=2, num_workers=1, pin_memory=False), rank=1, world_size=2)
@@ -245,6 +247,7 @@ def test_batch_larger_than_the_split_is_refused(dataset):
 EPOCH_SCRIPT = """
 import json, resource, sys
 from shardgan.config import DataConfig
+from shardgan import loader as loader_module
 from shardgan.loader import ShardLoader
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
@@ -273,6 +276,22 @@ def test_a_batch_stays_valid_until_two_more_are_taken(dataset, num_workers):
             for image, key in zip(held["image"] if held else [], held["key"] if held else []):
                 np.testing.assert_array_equal(image.numpy(), game_frame(int(key), 16, 12).transpose(2, 0, 1))
         previous = batch
+
+
+def test_raw_batches_are_the_same_whatever_the_group_size_and_resume_point(tmp_path, monkeypatch):
+    """Raw batches are read a group at a time; a batch's content depends only on its number."""
+    build_dataset(tmp_path, SIZES, image_format="raw")
+    grouped = make_loader(tmp_path, batch_size=3)
+    assert grouped._group > 1
+    whole = [(batch["key"], batch["image"].clone()) for batch in grouped]
+    monkeypatch.setattr(loader_module, "GROUP_BYTES", 1)  # groups of one batch
+    single = make_loader(tmp_path, batch_size=3)
+    assert single._group == 1
+    assert [(keys, image.tolist()) for keys, image in whole] == [(batch["key"], batch["image"].tolist()) for batch in single]
+    monkeypatch.undo()
+    resumed = make_loader(tmp_path, batch_size=3)
+    resumed.load_state_dict({**resumed.state_dict(), "samples_seen": 5 * 3})  # inside the first group
+    assert [(keys, image.tolist()) for keys, image in whole[5:]] == [(batch["key"], batch["image"].tolist()) for batch in resumed]
 
 
 def test_gpu_decoding_is_refused_where_it_cannot_run(tmp_path):

@@ -23,15 +23,16 @@ from shardgan.source import ShardSource
 from shardgan.synthetic import game_frame
 
 
-def write_dataset(directory: Path, image_format: str, channels: int = 3, quality: int = 95, sizes=(9, 14)) -> Manifest:
-    """Shards written with pack's writer at a chosen quality, sample pixels from their index."""
+def write_dataset(directory: Path, image_format: str, channels: int = 3, quality: int = 95, sizes=(9, 14), uneven: bool = False) -> Manifest:
+    """Shards written with pack's writer at a chosen quality, sample pixels from their index;
+    `uneven`: metadata of 0, 1 or 2 extra tar blocks, so samples are not one stride apart."""
     directory.mkdir(parents=True, exist_ok=True)
     infos, index = [], 0
     for n, size in enumerate(sizes):
         samples = []
         for _ in range(size):
             pixels = game_frame(index, 20, 14)[:, :, :channels]
-            samples.append(Sample(sample_key(index), encode_image(pixels, image_format, quality), {"src": f"f{index}" * (index % 5)}))
+            samples.append(Sample(sample_key(index), encode_image(pixels, image_format, quality), {"src": "x" * (index % 3 * 400) if uneven else f"f{index}" * (index % 5)}))
             index += 1
         infos.append(write_shard(directory / f"train-{n:06d}.tar", samples, image_format))
     manifest = Manifest(20, 14, channels, image_format, {"train": SplitInfo(infos)}, root=directory)
@@ -89,6 +90,47 @@ def test_batches_equal_the_reference_decode_bit_for_bit_in_order(tmp_path, image
         np.testing.assert_array_equal(image, want[key])
         if image_format in ("raw", "png"):  # lossless: the frame itself
             np.testing.assert_array_equal(image, game_frame(int(key), 20, 14)[:, :, :channels])
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_raw_batches_read_as_a_group_equal_the_batches_read_one_by_one(tmp_path, uneven):
+    """read_batches copies a group with one index_select per shard run, through a table of rows
+    one stride apart (as pack writes them) or of every byte offset (uneven samples)."""
+    manifest = write_dataset(tmp_path, "raw", uneven=uneven)
+    want = reference(manifest)
+    positions = all_positions(manifest)[:20].reshape(4, 5, 2)  # batch 1 spans both shards
+    grouped, one = ShardReader(ShardSource(manifest, "train", None)), ShardReader(ShardSource(manifest, "train", None))
+    out = np.zeros((4, 5, *grouped.shape), np.uint8)
+    answers = grouped.read_batches(positions, out)
+    assert bool(grouped._layouts[0].stride) is not uneven  # the path under test was taken
+    for k in range(4):
+        single = np.zeros((5, *one.shape), np.uint8)
+        assert answers[k] == one.read_batch(positions[k], single)
+        np.testing.assert_array_equal(out[k], single)
+        for key, image in zip(answers[k][0], out[k]):
+            np.testing.assert_array_equal(image, want[key])
+
+
+def test_a_corrupt_sample_in_a_group_is_filled_from_its_own_batch(tmp_path):
+    """A group touching a shard with a bad sample is read batch by batch: the same reports and
+    fills as read_batch, never a sample of a neighbouring batch."""
+    manifest = build_dataset(tmp_path, [12, 10], image_format="raw")
+    shard = manifest.split("train").shards[0]
+    blob = bytearray((tmp_path / shard.name).read_bytes())
+    blob[int(shard.offsets[5]) + 130] ^= 0xFF  # sample 5: its first header's size field
+    (tmp_path / shard.name).write_bytes(bytes(blob))
+    source = ShardSource(load_manifest(tmp_path), "train", None)
+    grouped, one = ShardReader(source), ShardReader(source)
+    positions = np.stack([np.r_[np.zeros(12, int), np.ones(8, int)], np.r_[np.arange(12), np.arange(8)]], 1).reshape(5, 4, 2)
+    out = np.zeros((5, 4, *grouped.shape), np.uint8)
+    answers = grouped.read_batches(positions, out)
+    assert [len(corrupt) for _, corrupt in answers] == [0, 1, 0, 0, 0]
+    keys, corrupt = answers[1]
+    assert corrupt[0].key == "#5" and keys[1] in keys[:1] + keys[2:]  # sample 5 is slot 1 of batch 1
+    for k in range(5):
+        single = np.zeros((4, *one.shape), np.uint8)
+        assert answers[k] == one.read_batch(positions[k], single)
+        np.testing.assert_array_equal(out[k], single)
 
 
 def test_corrupt_samples_get_the_reference_reasons_and_good_ones_fill_their_slots(tmp_path):

@@ -20,13 +20,15 @@ reads whole epochs of them from the page cache with the same batch size and thre
   threads   the same loop on `--workers` Python threads: the alternative the reading
             processes were chosen over (a decoder holds the GIL for part of every image).
 
-Rounds interleave the contenders (this machine is shared and noisy), each round one epoch of
-each, after an untimed warm-up epoch (FFCV's compiles its pipeline); figures are medians.
+Rounds interleave the contenders (this machine is shared and noisy), each round `--epochs`
+epochs of each (its median: an 88x66 raw epoch lasts ~30 ms, so one hiccup would decide a
+round), after an untimed warm-up epoch (FFCV's compiles its pipeline); figures are medians of
+the rounds.
 Also: the time to the first batch of a new loader, one restored at 0 % and at 90 % of an
 epoch, and a per-sample profile of the raw path. The last line is one JSON object with the
 figures, each target and whether it was met.
 
-    .venv/bin/python tools/bench_loader.py [--frames 12000] [--rounds 3] [--workers 2]
+    .venv/bin/python tools/bench_loader.py [--frames 12000] [--rounds 3] [--epochs 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from shardgan.config import DataConfig
 from shardgan.loader import ShardLoader
 from shardgan.manifest import Manifest, SplitInfo
-from shardgan.plan import epoch_order
-from shardgan.reader import ShardReader
+from shardgan.plan import RankPlan, epoch_order
+from shardgan.reader import ShardReader, shard_runs
 from shardgan.shards import Sample, decode_image, encode_image, sample_key, write_shard
 from shardgan.source import resolve_source
 from shardgan.synthetic import game_frame
@@ -209,25 +213,45 @@ def first_batch_s(cfg: DataConfig, fraction: float | None, trials: int = 5) -> f
     return statistics.median(times)
 
 
-def raw_profile(shards: Path, batch_size: int) -> dict[str, float]:
-    """Microseconds per sample on one thread: the plan's slicing, the read (layout lookup,
-    checks, the copy) and the loader's hand-over, each measured alone over one epoch."""
-    cfg = DataConfig(shards=str(shards), batch_size=batch_size, num_workers=0, pin_memory=False)
-    loader = ShardLoader(cfg)
+def raw_profile(shards: Path, batch_size: int, rounds: int) -> dict[str, float]:
+    """Microseconds per raw sample in the training thread (torch's threads sharing each copy),
+    medians over `rounds` epochs: the plan's position lookup, the bare copy (one index_select
+    per shard run of each group, over the rows the reader copies), the whole read (layout
+    lookup, checks, keys, the copy) and the rest of the loader (ring slots, hand-out)."""
+    loader = ShardLoader(DataConfig(shards=str(shards), batch_size=batch_size, num_workers=0, pin_memory=False))
     loader_epoch(loader)  # warm-up: layouts derived, pages mapped
-    n = loader.batches_per_epoch * batch_size
+    reader, group = loader._reader, loader._group
+    plan = RankPlan(0, 0, loader.source.num_samples, 1, 0, batch_size)
     order = epoch_order([s.num_samples for s in loader.source.shards], 0, 0)
-    start = time.perf_counter()
-    batches = [order[lo : lo + batch_size] for lo in range(0, n, batch_size)]
-    plan_us = (time.perf_counter() - start) / n * 1e6
-    reader = loader._reader
-    out = np.empty((batch_size, *reader.shape), np.uint8)
-    start = time.perf_counter()
-    for positions in batches:
-        reader.read_batch(positions, out)
-    read_us = (time.perf_counter() - start) / n * 1e6
-    loader_us = 1e6 / loader_epoch(loader)
-    return {"plan_us": plan_us, "read_us": read_us, "hand_over_us": max(0.0, loader_us - read_us - plan_us), "total_us": loader_us}
+    n = plan.num_batches * batch_size
+    out = np.empty((group, batch_size, *reader.shape), np.uint8)
+    positions = plan.batch_positions(order)
+    runs = []  # (table, rows) of every shard run of every group, as _copy_raw finds them
+    for g in range(0, plan.num_batches, group):
+        flat = positions[g : g + group].reshape(-1, 2)
+        for lo, hi in shard_runs(flat[:, 0]):
+            shard = int(flat[lo, 0])
+            checked = reader._layout(shard, reader._map(shard))
+            runs.append((reader._map(shard).table(int(checked.pixels_at[0]), checked.stride, len(checked.pixels_at), reader._raw_size),
+                         torch.from_numpy(flat[lo:hi, 1]), torch.from_numpy(out.reshape(group * batch_size, -1)[: hi - lo])))
+
+    def timed(work: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        work()
+        return (time.perf_counter() - start) / n * 1e6
+
+    def read() -> None:
+        for g in range(0, plan.num_batches, group):
+            reader.read_batches(positions[g : g + group], out[: min(group, plan.num_batches - g)])
+
+    figures: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        figures.setdefault("plan_us", []).append(timed(lambda: plan.batch_positions(order)))
+        figures.setdefault("copy_us", []).append(timed(lambda: [torch.index_select(t, 0, rows, out=o) for t, rows, o in runs]))
+        figures.setdefault("read_us", []).append(timed(read))
+        figures.setdefault("total_us", []).append(1e6 / loader_epoch(loader))
+    r = {k: statistics.median(v) for k, v in figures.items()}
+    return {**r, "checks_us": max(0.0, r["read_us"] - r["copy_us"]), "hand_out_us": max(0.0, r["total_us"] - r["read_us"] - r["plan_us"]), "group": group}
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -237,12 +261,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12_000, help="distinct frames per size (an epoch)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each contender per round (the round's figure is their median)")
     parser.add_argument("--workers", type=int, default=2, help="reading threads for shardgan and FFCV")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--work", help="keep the data here and reuse it (default: a temp dir)")
     args = parser.parse_args()
     workers, batch = args.workers, args.batch_size
-    r: dict[str, object] = {"frames": args.frames, "workers": workers, "batch_size": batch, "rounds": args.rounds, "cores": len(os.sched_getaffinity(0))}
+    r: dict[str, object] = {"frames": args.frames, "workers": workers, "batch_size": batch, "rounds": args.rounds, "epochs": args.epochs, "cores": len(os.sched_getaffinity(0))}
+
+    def epochs(measure: Callable[[], float]) -> float:
+        return statistics.median(measure() for _ in range(args.epochs))
+
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp_name:
         work = Path(args.work or tmp_name)
         for width, height in SIZES:
@@ -257,9 +286,9 @@ def main() -> None:
             ffcv_notes: dict[str, str] = {}
             for round_ in range(args.rounds):
                 for fmt in FORMATS:
-                    rates.setdefault(f"shardgan_{fmt}", []).append(loader_epoch(loaders[fmt]))
+                    rates.setdefault(f"shardgan_{fmt}", []).append(epochs(lambda: loader_epoch(loaders[fmt])))
                     if fmt in FFCV_FORMATS:
-                        got = ffcv_epochs(data["frames"], fmt, work / f"ffcv_{size}", batch, workers, epochs=1)
+                        got = ffcv_epochs(data["frames"], fmt, work / f"ffcv_{size}", batch, workers, epochs=args.epochs)
                         if isinstance(got, str):
                             ffcv_notes[fmt] = got
                         else:
@@ -267,11 +296,11 @@ def main() -> None:
                             r[f"ffcv_{fmt}_first_epoch_sps_{size}"] = got["first_epoch"]
                             r["ffcv_version"] = got.get("ffcv")
                     if fmt == "raw":
-                        rates.setdefault("memcpy_raw", []).append(memcpy_epoch(payloads, batch, round_))
+                        rates.setdefault("memcpy_raw", []).append(epochs(lambda: memcpy_epoch(payloads, batch, round_)))
                     else:
-                        rates.setdefault(f"decode_{fmt}", []).append(decode_epoch(*stored[fmt], batch, round_))
-                        rates.setdefault(f"threads_{fmt}", []).append(decode_parallel_epoch(*stored[fmt], batch, round_, workers, processes=False))
-                        rates.setdefault(f"procs_{fmt}", []).append(decode_parallel_epoch(*stored[fmt], batch, round_, workers, processes=True))
+                        rates.setdefault(f"decode_{fmt}", []).append(epochs(lambda: decode_epoch(*stored[fmt], batch, round_)))
+                        rates.setdefault(f"threads_{fmt}", []).append(epochs(lambda: decode_parallel_epoch(*stored[fmt], batch, round_, workers, processes=False)))
+                        rates.setdefault(f"procs_{fmt}", []).append(epochs(lambda: decode_parallel_epoch(*stored[fmt], batch, round_, workers, processes=True)))
                 print(f"  {size} round {round_ + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()), flush=True)
             for name, values in rates.items():
                 r[f"{name}_sps_{size}"] = statistics.median(values)
@@ -285,7 +314,7 @@ def main() -> None:
                 r["first_batch_new_s"] = first_batch_s(cfg, None)
                 r["restore_0_s"] = first_batch_s(cfg, 0.0)
                 r["restore_90_s"] = first_batch_s(cfg, 0.9)
-                r.update({f"profile_raw_{k}": v for k, v in raw_profile(data["raw"], batch).items()})
+                r.update({f"profile_raw_{k}": v for k, v in raw_profile(data["raw"], batch, 5).items()})
                 r["bytes_per_sample"] = {fmt: sum(s.num_bytes for s in resolve_source(DataConfig(shards=str(data[fmt])), "train").shards) / args.frames for fmt in FORMATS}
         report(r, workers)
 
@@ -294,7 +323,7 @@ def report(r: dict, workers: int) -> None:
     """The table, the ratios against their targets (at the first size), and the JSON line."""
     for width, height in SIZES:
         size = f"{width}x{height}"
-        print(f"\n{size}, {r['frames']} samples an epoch, batch {r['batch_size']}, {workers} workers, medians of {r['rounds']} rounds (samples/s):")
+        print(f"\n{size}, {r['frames']} samples an epoch, batch {r['batch_size']}, {workers} workers, medians of {r['rounds']} rounds x {r['epochs']} epochs (samples/s):")
         for fmt in FORMATS:
             ffcv = r.get(f"ffcv_{fmt}_sps_{size}")
             bound = r[f"memcpy_raw_sps_{size}"] if fmt == "raw" else r[f"decode_{fmt}_sps_{size}"]
@@ -328,7 +357,7 @@ def report(r: dict, workers: int) -> None:
         print(f"  {what}: " + ("-" if value is None else f"{value:.2f}") + f" (target {'>=' if higher else '<='} {threshold}) {verdict}")
     print(f"first batch of a new loader {r['first_batch_new_s'] * 1e3:.1f} ms; restored at 0 % {r['restore_0_s'] * 1e3:.1f} ms, "
           f"at 90 % {r['restore_90_s'] * 1e3:.1f} ms")
-    print("raw path per sample on one thread: " + ", ".join(f"{k} {r[f'profile_raw_{k}']:.2f} us" for k in ("plan_us", "read_us", "hand_over_us", "total_us")))
+    print(f"raw path per sample, groups of {r['profile_raw_group']} batches: " + ", ".join(f"{k} {r[f'profile_raw_{k}']:.2f} us" for k in ("plan_us", "copy_us", "checks_us", "hand_out_us", "total_us")))
     out = {**r, "ratios": {**ratios, **info}, "targets": {k: {"threshold": t[1], "met": met[k]} for k, t in TARGETS.items()}}
     print(json.dumps(_rounded(out), sort_keys=True))
 
