@@ -41,10 +41,11 @@ log = logging.getLogger("shardgan")
 
 @dataclass
 class Meter:
-    """Images/s between log lines."""
+    """Images/s between log lines. The clock is looked up when read, not bound at import, so a
+    faked `time` times the first interval too."""
 
     images: int = 0
-    since: float = field(default_factory=time.perf_counter)
+    since: float = field(default_factory=lambda: time.perf_counter())
 
     def rate(self) -> float:
         now = time.perf_counter()
