@@ -1,16 +1,19 @@
 """The streaming loader: equal batches per rank, exact resume, corrupt samples skipped in step.
 
 The loader follows `plan.RankPlan`: it computes the epoch's global order and this rank's
-batches from the resume point on. Reading processes (`data.num_workers`, workers.py, living
-as long as the loader) fill a ring of pre-allocated batch buffers in shared memory (pinned
-on CUDA), each batch with one `ShardReader.read_batch` call: memory-mapped shards, a
-vectorized header check, raw pixels copied in one C loop, compressed images decoded straight
-into the buffer. Only a slot number, the positions and the keys cross the process boundary; nothing is
-forked at an epoch start, so an epoch boundary costs nothing; the position is one number,
+batches from the resume point on. How each format is read was chosen by measurement
+(tools/bench_loader.py):
+- compressed samples are decoded by `data.num_workers` reading processes living as long as
+  the loader (workers.py), each batch with one `ShardReader.read_batch` call into a ring of
+  pre-allocated batch buffers in shared memory (pinned on CUDA). Only a slot number, the
+  positions and the keys cross the process boundary. Threads in the training process lost
+  for jpg too, where simplejpeg releases the GIL (0.90-0.94x), and for png (0.69-0.96x);
+- raw samples (and num_workers=0) are read in the training thread, a group of batches per
+  call, one index_select per shard run that torch's own threads share: a hand-over to another
+  thread or process cost more than the copy itself.
+Nothing starts at an epoch boundary, so it costs nothing; the position is one number,
 `samples_seen`, checkpointed in `state_dict()`. Batch b's content depends only on b, never on
-which process read it. Raw samples (and num_workers=0) are read in the training thread, one
-index_select per batch that torch's own threads share: a hand-over to another thread or
-process cost more than the copy itself.
+which process read it or with which group.
 
 Batches are handed out in order, as views of the ring: a batch stays valid until two more
 have been taken (`clone()` it to keep it longer). With `device` set to a CUDA device the
@@ -101,9 +104,7 @@ class ShardLoader:
             for line in cache_warnings(cache.directory, cache.limit_bytes, share):
                 log.warning("%s", line)
         self._order: tuple[int, np.ndarray] | None = None
-        # Chosen by measurement (tools/bench_loader.py): compressed samples decode in the reading
-        # processes; raw ones are copied in this thread, torch's own threads sharing each copy
-        # (a hand-over cost more than the copy); with nvjpeg this thread only reads bytes.
+        # Chosen by measurement (the module's docstring); with nvjpeg this thread only reads bytes.
         self._num_workers = cfg.num_workers if cfg.decode_device == "cpu" and self.manifest.image_format != "raw" else 0
         self._ahead = self._num_workers * cfg.prefetch_factor
         batch_bytes = cfg.batch_size * self.manifest.height * self.manifest.width * self.manifest.channels
@@ -177,21 +178,23 @@ class ShardLoader:
     def _read_here(self, plan: RankPlan, batches: _Batches) -> Iterator[dict[str, Any]]:
         """Read in this thread, a group of batches per call into one half of the ring (the other
         half holds the batches handed out last), or, with data.decode_device=cuda, one batch at a
-        time straight onto the GPU."""
-        group = self._group
-        for start in range(0, plan.num_batches, group):
-            stop = min(start + group, plan.num_batches)
+        time straight onto the GPU. The first read is one batch: a group could span two shards,
+        and a restore would wait for both layouts (2x the first batch at 90 % of an epoch)."""
+        start, half = 0, 0
+        while start < plan.num_batches:
+            stop = min(start + (self._group if start else 1), plan.num_batches)
             if self.cfg.decode_device == "cuda":
                 images, keys, corrupt = self._reader.decode_batch(batches(start, stop)[0], self.device, self.cfg.on_corrupt)
                 yield self._hand_out(images, None, keys, corrupt)
-                continue
-            first = start // group % 2 * group
-            for slot in range(first, first + stop - start):
-                self._wait_copied(slot)
-            ring = self._ring.numpy()[first : first + stop - start]
-            answers = self._reader.read_batches(batches(start, stop), ring, self.cfg.on_corrupt)
-            for slot, (keys, corrupt) in enumerate(answers, first):
-                yield self._hand_out(self._slots[slot][1], slot, keys, corrupt)  # (B, C, H, W), channels_last memory
+            else:
+                first = half * self._group
+                for slot in range(first, first + stop - start):
+                    self._wait_copied(slot)
+                ring = self._ring.numpy()[first : first + stop - start]
+                answers = self._reader.read_batches(batches(start, stop), ring, self.cfg.on_corrupt)
+                for slot, (keys, corrupt) in enumerate(answers, first):
+                    yield self._hand_out(self._slots[slot][1], slot, keys, corrupt)  # (B, C, H, W), channels_last memory
+            start, half = stop, 1 - half
 
     def _read_in_workers(self, plan: RankPlan, batches: _Batches) -> Iterator[dict[str, Any]]:
         """The reading processes fill the ring `_ahead` batches ahead; batch b goes to process

@@ -369,11 +369,10 @@ class _Checked:
 
 
 def shard_runs(shards: np.ndarray) -> list[tuple[int, int]]:
-    """[lo, hi) of each run of one shard: the epoch order keeps a shard's samples together, so
-    a batch is one or two runs (with canonical nodes, one or two per piece)."""
-    if shards[0] == shards[-1]:
-        return [(0, len(shards))]
-    cuts = (np.flatnonzero(np.diff(shards)) + 1).tolist()
+    """[lo, hi) of each run of one shard. The epoch order keeps a shard's samples together, so
+    a batch is one or two runs (with canonical nodes, one or two per piece), but any order is
+    read right: a shard that comes back later is a run of its own."""
+    cuts = (np.flatnonzero(shards[1:] != shards[:-1]) + 1).tolist()
     return list(zip([0, *cuts], [*cuts, len(shards)]))
 
 

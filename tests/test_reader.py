@@ -111,6 +111,20 @@ def test_raw_batches_read_as_a_group_equal_the_batches_read_one_by_one(tmp_path,
             np.testing.assert_array_equal(image, want[key])
 
 
+@pytest.mark.parametrize("image_format", ["raw", "png"])
+def test_a_batch_whose_shards_alternate_is_read_right(tmp_path, image_format):
+    """Not the loader's order, but any caller's: shard 0, 1, 0 is three runs, not one."""
+    manifest = write_dataset(tmp_path, image_format)
+    want = reference(manifest)
+    reader = ShardReader(ShardSource(manifest, "train", None))
+    positions = np.array([[0, 2], [1, 4], [1, 0], [0, 7]])
+    out = np.zeros((4, *reader.shape), np.uint8)
+    keys, corrupt = reader.read_batch(positions, out)
+    assert keys == [sample_key(2), sample_key(9 + 4), sample_key(9), sample_key(7)] and corrupt == []
+    for key, image in zip(keys, out):
+        np.testing.assert_array_equal(image, want[key])
+
+
 def test_a_corrupt_sample_in_a_group_is_filled_from_its_own_batch(tmp_path):
     """A group touching a shard with a bad sample is read batch by batch: the same reports and
     fills as read_batch, never a sample of a neighbouring batch."""
