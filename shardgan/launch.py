@@ -18,21 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .stop import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS
+from .stop import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS, exit_before_start
 
 NO_WORKER = "interrupted: no worker was running"
 
-
-def _exit_before_start(signum: int, frame: Any) -> None:
-    """A stop signal before main takes them over, in torch's import (a second or more) too: no worker
-    to stop yet, so main's line and exit code for that, at once (an exception would unwind through the import)."""
-    print(NO_WORKER, file=sys.stderr, flush=True)
-    os._exit(EXIT_INTERRUPTED)
-
-
 if __name__ == "__main__":  # before the imports below, else a Ctrl-C in them is a KeyboardInterrupt traceback
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _exit_before_start)
+    exit_before_start(NO_WORKER)  # until main passes the stop signals on: no worker to stop yet, main's line and code for that
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run

@@ -28,6 +28,21 @@ RESUME_COMMAND_ENV = "SHARDGAN_RESUME_COMMAND"
 """Set by a wrapper (the Makefile: `make train ...`) whose command is what resumes, not the trainer's own."""
 
 
+def exit_before_start(line: str) -> None:
+    """Handlers for a program's first seconds, installed before its imports (torch's take a second
+    or more): a stop signal before the program takes them over prints `line` (if any) and exits
+    EXIT_INTERRUPTED at once, whichever signal it was. Nothing has started that a stop could save,
+    and an exception would unwind through the import as a KeyboardInterrupt traceback."""
+
+    def exit_now(signum: int, frame: Any) -> None:
+        if line:
+            print(line, file=sys.stderr, flush=True)
+        os._exit(EXIT_INTERRUPTED)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, exit_now)
+
+
 REPEAT_WINDOW_S = 2.0
 """Copies of one stop request arrive within milliseconds (a job-wide signal plus torchrun forwarding it)."""
 

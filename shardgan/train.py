@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .stop import EXIT_STOPPED, StopFlag, exit_before_start, launch_command
+
+NO_TRAINING = "interrupted: no training was running"
+
+if __name__ == "__main__":  # before the imports below, else a Ctrl-C in them is a KeyboardInterrupt traceback
+    exit_before_start(NO_TRAINING if os.environ.get("RANK", "0") == "0" else "")  # until train() takes the stop
+    # signals over: no checkpoint to write yet, so the line (one for all ranks) and 130 at once
 
 import torch
 from tqdm import tqdm
@@ -37,7 +46,6 @@ from .fidelity import diversity
 from .rng import AUGMENT, DIFF_AUGMENT, NOISE, derived_generator
 from .rundir import RunDir, logging_setup
 from .state import TrainState, build_state, open_loader, total_steps
-from .stop import EXIT_STOPPED, StopFlag, launch_command
 from .viz import save_loss_curve
 
 log = logging.getLogger("shardgan")

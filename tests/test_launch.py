@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,7 +14,9 @@ import pytest
 
 from shardgan.launch import NO_WORKER, _exit_code
 from shardgan.stop import EXIT_INTERRUPTED, EXIT_STOPPED, STOP_SIGNALS
+from shardgan.train import NO_TRAINING
 from tests.conftest import PYTHON, ROOT
+from tests.trainer_runs import CONFIG, ENV, worker_pids
 
 
 def failures(*codes: int) -> dict[int, SimpleNamespace]:
@@ -74,3 +77,34 @@ def test_a_ctrl_c_while_torch_imports_ends_in_one_line() -> None:
     finally:
         proc.kill()
     assert (proc.returncode, err) == (EXIT_INTERRUPTED, f"{NO_WORKER}\n")
+
+
+def worker_loading_torch(launcher: int) -> bool:
+    """A worker of the launcher runs and has torch's libraries mapped: it is in torch's import."""
+    with contextlib.suppress(OSError):  # a process that ended meanwhile
+        return any(loading_torch(pid) for pid in worker_pids(launcher).values())
+    return False
+
+
+@pytest.mark.multiproc
+def test_a_ctrl_c_while_the_worker_imports_torch_ends_in_its_one_line(tiny_shards: Path, tmp_path: Path) -> None:
+    """The same Ctrl-C a second or so later, when the launcher passes it on to a worker still in
+    torch's import, before train() takes the stop signals over: the worker exits 130 with its one
+    line, no traceback and no run directory (nothing to save yet), and the launcher exits as it did."""
+    run = tmp_path / "runs" / "mine"
+    command = [
+        PYTHON, "-m", "shardgan.launch", "--standalone", "--nproc_per_node=1", "-m", "shardgan.train",
+        "--config", str(CONFIG), f"data.shards={tiny_shards}", f"run.root={run.parent}", f"run.name={run.name}", "train.max_steps=2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while proc.poll() is None and not worker_loading_torch(proc.pid):
+            time.sleep(0.002)
+        assert proc.poll() is None, proc.communicate()  # the worker still importing when signalled
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in out + err, err[-3000:]
+    assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", f"{NO_TRAINING}\n")
+    assert not run.exists()

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import shardgan.stop
-from shardgan.stop import STOP_SIGNALS, StopFlag, launch_command
+from shardgan.stop import EXIT_INTERRUPTED, STOP_SIGNALS, StopFlag, launch_command
+from tests.conftest import ROOT
 
 
 def test_the_flag_records_the_first_stop_signal_and_restores_the_handlers() -> None:
@@ -34,6 +35,17 @@ def test_a_second_ctrl_c_after_the_repeat_window_interrupts_at_once(monkeypatch:
         monkeypatch.setattr(shardgan.stop, "REPEAT_WINDOW_S", -1.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize(("sig", "line"), [(signal.SIGINT, "interrupted: x"), (signal.SIGTERM, "interrupted: x"), (signal.SIGUSR1, "")], ids=["SIGINT", "SIGTERM", "SIGUSR1-no-line"])
+def test_a_stop_signal_before_the_program_takes_them_over_exits_at_once_with_its_line(sig: signal.Signals, line: str) -> None:
+    """What launch and train install before importing torch: any stop signal, one line (none for
+    an empty one, as ranks other than 0 give) and 130 at once."""
+    assert sig in STOP_SIGNALS
+    code = f"import os, sys, time; from shardgan.stop import exit_before_start; exit_before_start(sys.argv[1]); os.kill(os.getpid(), {int(sig)}); time.sleep(60)"
+    done = subprocess.run([sys.executable, "-c", code, line], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (EXIT_INTERRUPTED, "", f"{line}\n" if line else "")
 
 
 def test_the_resume_hint_is_the_command_line_that_started_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
