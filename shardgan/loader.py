@@ -41,6 +41,7 @@ import torch
 from .cache import Prefetcher, cache_warnings
 from .config import DataConfig
 from .errors import DataError
+from .nvjpeg import decode_batch
 from .plan import RankPlan, epoch_order
 from .readahead import ReadAhead
 from .reader import CorruptReport, ShardReader
@@ -184,7 +185,7 @@ class ShardLoader:
         while start < plan.num_batches:
             stop = min(start + (self._group if start else 1), plan.num_batches)
             if self.cfg.decode_device == "cuda":
-                images, keys, corrupt = self._reader.decode_batch(batches(start, stop)[0], self.device, self.cfg.on_corrupt)
+                images, keys, corrupt = decode_batch(self._reader, batches(start, stop)[0], self.device, self.cfg.on_corrupt)
                 yield self._hand_out(images, None, keys, corrupt)
             else:
                 first = half * self._group

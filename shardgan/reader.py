@@ -24,14 +24,12 @@ import mmap
 import os
 import resource
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from .cache import ShardCache
 from .config import DataConfig
@@ -97,11 +95,6 @@ class _Mapped:
         if view is None:
             view = self._views[key] = self.bytes.as_strided((count, length), (stride, 1), first)
         return view
-
-    def rows(self, starts: np.ndarray, length: int) -> torch.Tensor:
-        """(len(starts), length): the bytes at each start (each must fit), gathered in one call
-        (the shard as overlapping rows, row k at byte k)."""
-        return torch.index_select(self.table(0, 1, len(self.bytes) - length + 1, length), 0, torch.from_numpy(starts))
 
 
 class ShardReader:
@@ -206,7 +199,7 @@ class ShardReader:
                         raise
                     corrupt.append(CorruptReport(e.shard, e.key, e.reason))
                     bad.append(lo + j)
-        _fill_from_good(out, keys, bad, corrupt)
+        fill_from_good(out, keys, bad, corrupt)
         return keys, corrupt
 
     def read_batches(self, positions: np.ndarray, out: np.ndarray, on_corrupt: str = "skip") -> list[tuple[list[str], list[CorruptReport]]]:
@@ -235,17 +228,13 @@ class ShardReader:
             if not checked.all_ok or checked.end > mapped.size_now():
                 return None
             indices = positions[lo:hi, 1]
-            if checked.stride:  # as packed: samples of one size, one after another
-                rows, table = torch.from_numpy(indices), mapped.table(int(checked.pixels_at[0]), checked.stride, len(checked.pixels_at), self._raw_size)
-            else:
-                rows, table = torch.from_numpy(checked.pixels_at[indices]), mapped.table(0, 1, len(mapped.bytes) - self._raw_size + 1, self._raw_size)
-            torch.index_select(table, 0, rows, out=flat[lo:hi])
+            checked.pixels(mapped, indices, out=flat[lo:hi])
             keys += checked.layout.keys[indices].tolist()
         return keys
 
     def encoded(self, positions: np.ndarray) -> tuple[list[str], list[bytes | None], list[CorruptReport]]:
         """The stored image bytes of the samples at `positions`, undecoded (for a decoder
-        elsewhere: nvjpeg on the GPU, or a benchmark's bound); None where the sample's tar
+        elsewhere: nvjpeg.py on the GPU, or a benchmark's bound); None where the sample's tar
         members are unreadable, with its report."""
         keys: list[str] = []
         images: list[bytes | None] = []
@@ -271,44 +260,6 @@ class ShardReader:
                 corrupt.append(CorruptReport(e.shard, e.key, e.reason))
         return keys, images, corrupt
 
-    def decode_batch(self, positions: np.ndarray, device: torch.device, on_corrupt: str = "skip") -> tuple[torch.Tensor, list[str], list[CorruptReport]]:
-        """JPEG samples decoded on `device` by torchvision (nvjpeg on CUDA), the CPU only
-        reading their bytes: (B, C, H, W) uint8 there, keys, corrupt samples (handled as in
-        read_batch). One batched call; if it fails, one call per sample finds the bad ones."""
-        keys, encoded, corrupt = self.encoded(positions)
-        bad = [j for j, data in enumerate(encoded) if data is None]
-        tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded if data is not None]
-        mode = ImageReadMode.GRAY if self.shape[2] == 1 else ImageReadMode.RGB
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders (for torchcodec); the pinned 0.29.1 has them
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                decoded = decode_jpeg(tensors, mode=mode, device=device) if tensors else []
-            except RuntimeError:
-                decoded = [self._decode_one(t, mode, device) for t in tensors]
-        height, width, channels = self.shape
-        images = torch.empty((len(keys), channels, height, width), dtype=torch.uint8, device=device)
-        it = iter(decoded)
-        for j in range(len(keys)):
-            image = None if j in bad else next(it)
-            if image is None or tuple(image.shape) != (channels, height, width):
-                if j not in bad:
-                    shard = self.source.shards[int(positions[j, 0])].name
-                    corrupt.append(CorruptReport(shard, keys[j], "cannot decode jpg" if image is None else f"decoded shape {tuple(image.shape)}"))
-                    bad.append(j)
-                continue
-            images[j] = image
-        if bad and on_corrupt == "fail":
-            raise CorruptSampleError(corrupt[0].shard, corrupt[0].key, corrupt[0].reason)
-        _fill_from_good(images, keys, sorted(bad), corrupt)
-        return images, keys, corrupt
-
-    @staticmethod
-    def _decode_one(data: torch.Tensor, mode: ImageReadMode, device: torch.device) -> torch.Tensor | None:
-        try:
-            return decode_jpeg(data, mode=mode, device=device)
-        except RuntimeError:
-            return None
-
     def _read_run(self, shard: int, indices: np.ndarray, out: np.ndarray, keys: list[str], first: int) -> list[int]:
         """Fast path for samples of one shard; returns the run positions left to the slow path."""
         mapped = self._map(shard)
@@ -324,7 +275,7 @@ class ShardReader:
         if self.image_format == "raw":
             if len(good):
                 flat = torch.from_numpy(out).view(len(out), -1)
-                flat[torch.from_numpy(good)] = mapped.rows(checked.pixels_at[indices[good]], self._raw_size)
+                flat[torch.from_numpy(good)] = checked.pixels(mapped, indices[good])
         else:
             rest += self._decode(mapped, data_start[good], data_size[good], good, out)
         return sorted(rest)
@@ -356,7 +307,7 @@ class _Checked:
     """A shard's layout with what the fast path asks of it per batch, worked out once."""
 
     def __init__(self, identity: tuple[int, int, int], layout: Layout, raw_size: int):
-        self.identity, self.layout = identity, layout
+        self.identity, self.layout, self.raw_size = identity, layout, raw_size
         ends = layout.data_start + layout.data_size
         self.pixels_at = ends - raw_size
         """raw: where each sample's pixels start (the .npy member's last H*W*C bytes)."""
@@ -366,6 +317,16 @@ class _Checked:
         self.all_ok = bool(layout.ok.all())
         self.end = int(ends.max(initial=0))
         """Bytes the samples need: a file cut shorter sends each batch to the per-sample check."""
+
+    def pixels(self, mapped: _Mapped, indices: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """raw: the samples' pixels, (len(indices), H*W*C), in one index_select over the shard
+        seen as rows one stride apart (as packed), else as a row at every byte offset."""
+        if self.stride:
+            table, rows = mapped.table(int(self.pixels_at[0]), self.stride, len(self.pixels_at), self.raw_size), indices
+        else:
+            table, rows = mapped.table(0, 1, len(mapped.bytes) - self.raw_size + 1, self.raw_size), self.pixels_at[indices]
+        rows = torch.from_numpy(rows)
+        return torch.index_select(table, 0, rows) if out is None else torch.index_select(table, 0, rows, out=out)
 
 
 def shard_runs(shards: np.ndarray) -> list[tuple[int, int]]:
@@ -384,7 +345,7 @@ def _key_at(header: bytes, index: int) -> str:
         return f"#{index}"
 
 
-def _fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt: list[CorruptReport]) -> None:
+def fill_from_good(images: np.ndarray, keys: list[str], bad: list[int], corrupt: list[CorruptReport]) -> None:
     """Overwrite the bad slots with the batch's good samples in turn; all bad -> DataError."""
     if not bad:
         return

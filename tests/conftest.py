@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from shardgan.manifest import Manifest, ShardInfo, SplitInfo
+from shardgan.manifest import Manifest, ShardInfo, SplitInfo, load_manifest
 from shardgan.shards import Sample, encode_image, sample_key, write_shard
 from shardgan.synthetic import game_frame, write_frames
 
@@ -73,6 +73,29 @@ def build_dataset(
     manifest = Manifest(width, height, channels, image_format, splits, num_inputs=index, root=directory)
     manifest.write(directory)
     return manifest
+
+
+def write_dataset(directory: Path, image_format: str, channels: int = 3, quality: int = 95, sizes=(9, 14), uneven: bool = False) -> Manifest:
+    """Shards written with pack's writer at a chosen quality, sample pixels from their index;
+    `uneven`: metadata of 0, 1 or 2 extra tar blocks, so samples are not one stride apart."""
+    directory.mkdir(parents=True, exist_ok=True)
+    infos, index = [], 0
+    for n, size in enumerate(sizes):
+        samples = []
+        for _ in range(size):
+            pixels = game_frame(index, 20, 14)[:, :, :channels]
+            samples.append(Sample(sample_key(index), encode_image(pixels, image_format, quality), {"src": "x" * (index % 3 * 400) if uneven else f"f{index}" * (index % 5)}))
+            index += 1
+        infos.append(write_shard(directory / f"train-{n:06d}.tar", samples, image_format))
+    manifest = Manifest(20, 14, channels, image_format, {"train": SplitInfo(infos)}, root=directory)
+    manifest.write(directory)
+    return load_manifest(directory)
+
+
+def all_positions(manifest: Manifest, seed: int = 0) -> np.ndarray:
+    """Every sample as [shard, index], shards in turn, shuffled within each (as the epoch order does)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.stack([np.full(s.num_samples, k), rng.permutation(s.num_samples)], 1) for k, s in enumerate(manifest.split("train").shards)])
 
 
 def write_tiny_shards(directory: Path, count: int) -> None:

@@ -7,37 +7,18 @@ import io
 import os
 import tarfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from .conftest import build_dataset, corrupt_images, write_tiny_shards
+from .conftest import all_positions, build_dataset, corrupt_images, write_dataset, write_tiny_shards
 from shardgan.errors import CorruptSampleError, DataError
-from shardgan.manifest import Manifest, SplitInfo, load_manifest
+from shardgan.manifest import Manifest, load_manifest
 from shardgan.reader import ShardReader, load_samples
-from shardgan.shards import EXTENSIONS, Sample, decode_image, encode_image, sample_key, write_shard
+from shardgan.shards import EXTENSIONS, decode_image, sample_key
 from shardgan.source import ShardSource
 from shardgan.synthetic import game_frame
-
-
-def write_dataset(directory: Path, image_format: str, channels: int = 3, quality: int = 95, sizes=(9, 14), uneven: bool = False) -> Manifest:
-    """Shards written with pack's writer at a chosen quality, sample pixels from their index;
-    `uneven`: metadata of 0, 1 or 2 extra tar blocks, so samples are not one stride apart."""
-    directory.mkdir(parents=True, exist_ok=True)
-    infos, index = [], 0
-    for n, size in enumerate(sizes):
-        samples = []
-        for _ in range(size):
-            pixels = game_frame(index, 20, 14)[:, :, :channels]
-            samples.append(Sample(sample_key(index), encode_image(pixels, image_format, quality), {"src": "x" * (index % 3 * 400) if uneven else f"f{index}" * (index % 5)}))
-            index += 1
-        infos.append(write_shard(directory / f"train-{n:06d}.tar", samples, image_format))
-    manifest = Manifest(20, 14, channels, image_format, {"train": SplitInfo(infos)}, root=directory)
-    manifest.write(directory)
-    return load_manifest(directory)
 
 
 def reference(manifest: Manifest) -> dict[str, np.ndarray]:
@@ -55,12 +36,6 @@ def reference(manifest: Manifest) -> dict[str, np.ndarray]:
                         pixels = np.asarray(Image.open(io.BytesIO(data)))
                     images[member.name.split(".")[0]] = pixels.reshape(manifest.height, manifest.width, manifest.channels)
     return images
-
-
-def all_positions(manifest: Manifest, seed: int = 0) -> np.ndarray:
-    """Every sample as [shard, index], shards in turn, shuffled within each (as the epoch order does)."""
-    rng = np.random.default_rng(seed)
-    return np.concatenate([np.stack([np.full(s.num_samples, k), rng.permutation(s.num_samples)], 1) for k, s in enumerate(manifest.split("train").shards)])
 
 
 def read_all(reader: ShardReader, positions: np.ndarray, batch: int) -> tuple[list[str], np.ndarray, list]:
@@ -253,20 +228,3 @@ def test_a_shard_missing_at_read_time_is_one_line(tmp_path):
     (tmp_path / "train-000000.tar").unlink()
     with pytest.raises(DataError, match=f"shard missing: {tmp_path}/train-000000.tar"):
         reader.read_batch(np.array([[0, 0]]), np.zeros((1, 12, 16, 3), np.uint8))
-
-
-@pytest.mark.parametrize("channels,quality", [(3, 95), (3, 75), (1, 90)])
-def test_jpeg_decoded_by_torchvision_equals_the_cpu_batch(tmp_path, channels, quality):
-    """decode_batch is data.decode_device=cuda's path (nvjpeg there); on the CPU, torchvision's
-    libjpeg-turbo gives the bits the threads' decoder gives, so the path is checked here."""
-    manifest = write_dataset(tmp_path, "jpg", channels, quality)
-    corrupt_images(tmp_path / "train-000001.tar", ["000000012"])
-    reader = ShardReader(ShardSource(load_manifest(tmp_path), "train", None))
-    positions = all_positions(manifest)[:20]
-    out = np.zeros((20, *reader.shape), np.uint8)
-    keys, corrupt = reader.read_batch(positions, out)
-    images, gpu_keys, gpu_corrupt = reader.decode_batch(positions, torch.device("cpu"))
-    assert gpu_keys == keys and [r.key for r in gpu_corrupt] == [r.key for r in corrupt] == ["000000012"]
-    np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), out)
-    with pytest.raises(CorruptSampleError, match="000000012"):
-        reader.decode_batch(positions, torch.device("cpu"), on_corrupt="fail")

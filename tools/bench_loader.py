@@ -226,14 +226,12 @@ def raw_profile(shards: Path, batch_size: int, rounds: int) -> dict[str, float]:
     n = plan.num_batches * batch_size
     out = np.empty((group, batch_size, *reader.shape), np.uint8)
     positions = plan.batch_positions(order)
-    runs = []  # (table, rows) of every shard run of every group, as _copy_raw finds them
+    runs = []  # (layout, mapping, indices, out) of every shard run of every group, as _copy_raw finds them
     for g in range(0, plan.num_batches, group):
         flat = positions[g : g + group].reshape(-1, 2)
         for lo, hi in shard_runs(flat[:, 0]):
-            shard = int(flat[lo, 0])
-            checked = reader._layout(shard, reader._map(shard))
-            runs.append((reader._map(shard).table(int(checked.pixels_at[0]), checked.stride, len(checked.pixels_at), reader._raw_size),
-                         torch.from_numpy(flat[lo:hi, 1]), torch.from_numpy(out.reshape(group * batch_size, -1)[: hi - lo])))
+            mapped = reader._map(int(flat[lo, 0]))
+            runs.append((reader._layout(int(flat[lo, 0]), mapped), mapped, flat[lo:hi, 1], torch.from_numpy(out.reshape(group * batch_size, -1)[: hi - lo])))
 
     def timed(work: Callable[[], object]) -> float:
         start = time.perf_counter()
@@ -247,7 +245,7 @@ def raw_profile(shards: Path, batch_size: int, rounds: int) -> dict[str, float]:
     figures: dict[str, list[float]] = {}
     for _ in range(rounds):
         figures.setdefault("plan_us", []).append(timed(lambda: plan.batch_positions(order)))
-        figures.setdefault("copy_us", []).append(timed(lambda: [torch.index_select(t, 0, rows, out=o) for t, rows, o in runs]))
+        figures.setdefault("copy_us", []).append(timed(lambda: [checked.pixels(mapped, indices, out=o) for checked, mapped, indices, o in runs]))
         figures.setdefault("read_us", []).append(timed(read))
         figures.setdefault("total_us", []).append(1e6 / loader_epoch(loader))
     r = {k: statistics.median(v) for k, v in figures.items()}
