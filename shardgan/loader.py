@@ -267,7 +267,8 @@ class ShardLoader:
         if self.cfg.read_ahead == 0:
             return None
         paths = [self.manifest.shard_path(info) for info in shards]
-        return Prefetcher(ReadAhead(paths), plan.shard_sequence(order), self.cfg.read_ahead)
+        read_ahead = ReadAhead(paths)
+        return Prefetcher(read_ahead, plan.shard_sequence(order), self.cfg.read_ahead, needed=read_ahead.missing)
 
     def _drain(self) -> None:
         """Take back the answers of batches still being read (their errors belong to an epoch already left)."""

@@ -133,6 +133,20 @@ def test_prefetcher_stays_at_most_depth_shards_ahead():
     prefetcher.close()
 
 
+def test_prefetcher_asks_needed_in_the_readers_thread_and_starts_its_own_only_for_a_needed_shard():
+    fetched: list[int] = []
+    prefetcher = Prefetcher(fetched.append, [5, 3, 9, 1, 7], depth=1, needed=lambda shard: shard in (9, 7))
+    time.sleep(0.1)
+    assert fetched == [] and prefetcher._thread is None  # 5 and 3 are in reach, not needed
+    prefetcher.reading(3)
+    time.sleep(0.2)
+    assert fetched == [9] and prefetcher._thread.is_alive()
+    prefetcher.reading(1)
+    time.sleep(0.2)
+    assert fetched == [9, 7]
+    prefetcher.close()
+
+
 def test_prefetcher_stops_when_closed_and_leaves_failures_to_the_reader():
     calls: list[int] = []
 
