@@ -113,8 +113,8 @@ class ShardLoader:
         """Batches read per call in this thread (the ring holds two groups)."""
         slots = self._ahead + HOLD if self._num_workers else 2 * self._group
         self._ring: torch.Tensor | None = None
-        self._slots: list[tuple[np.ndarray, torch.Tensor]] = []
-        """Each ring slot as the reader writes it (B, H, W, C) and as it is handed out (B, C, H, W)."""
+        self._views: list[torch.Tensor] = []
+        """Each ring slot as it is handed out: (B, C, H, W), channels_last in memory."""
         self._copied: list[torch.cuda.Event | None] = [None] * slots
         self._to_gpu = self.device.type == "cuda"
         self._copy_stream: torch.cuda.Stream | None = None
@@ -165,10 +165,10 @@ class ShardLoader:
         pin = self.cfg.pin_memory and self._to_gpu
         if self._num_workers == 0:
             self._ring = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
-            self._slots = [(slot.numpy(), slot.permute(0, 3, 1, 2)) for slot in self._ring]
+            self._views = [slot.permute(0, 3, 1, 2) for slot in self._ring]
             return
         self._ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
-        self._slots = [(slot.numpy(), slot.permute(0, 3, 1, 2)) for slot in self._ring]
+        self._views = [slot.permute(0, 3, 1, 2) for slot in self._ring]
         if pin:  # page-lock the shared pages in place, so the copies to the GPU are asynchronous
             torch.cuda.cudart().cudaHostRegister(self._ring.data_ptr(), self._ring.numel(), 0)
         source, cache = self.source, self._reader.cache  # the same cache (and limit) in every process
@@ -194,13 +194,13 @@ class ShardLoader:
                 ring = self._ring.numpy()[first : first + stop - start]
                 answers = self._reader.read_batches(batches(start, stop), ring, self.cfg.on_corrupt)
                 for slot, (keys, corrupt) in enumerate(answers, first):
-                    yield self._hand_out(self._slots[slot][1], slot, keys, corrupt)  # (B, C, H, W), channels_last memory
+                    yield self._hand_out(self._views[slot], slot, keys, corrupt)
             start, half = stop, 1 - half
 
     def _read_in_workers(self, plan: RankPlan, batches: _Batches) -> Iterator[dict[str, Any]]:
         """The reading processes fill the ring `_ahead` batches ahead; batch b goes to process
         b % N, into slot b % slots, and is taken back in order."""
-        slots, workers = len(self._slots), self._workers
+        slots, workers = len(self._views), self._workers
 
         def submit(b: int) -> None:
             self._wait_copied(b % slots)
@@ -214,7 +214,7 @@ class ShardLoader:
             keys, corrupt = workers.receive(b % len(workers))
             if b + self._ahead < plan.num_batches:
                 submit(b + self._ahead)  # into the slot of batch b - HOLD, no longer handed out
-            yield self._hand_out(self._slots[b % slots][1], b % slots, keys, corrupt)
+            yield self._hand_out(self._views[b % slots], b % slots, keys, corrupt)
 
     def _wait_copied(self, slot: int) -> None:
         """The slot's previous batch has reached the GPU, so the slot may be written again."""
@@ -322,8 +322,8 @@ class ShardLoader:
 
 class _Batches:
     """This rank's batch positions in one epoch, looked up BLOCK batches at a time; tells the
-    prefetcher when the reading moves on to another shard (not every batch: each call wakes
-    its thread)."""
+    prefetcher when the reading moves on to another shard (not every batch: a call may probe
+    the page cache or wake its thread)."""
 
     def __init__(self, plan: RankPlan, order: np.ndarray, prefetcher: Prefetcher | None):
         self._plan, self._order, self._prefetcher = plan, order, prefetcher
