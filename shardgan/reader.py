@@ -2,9 +2,10 @@
 
 A sample is two tar members at a known byte range [offsets[i], offsets[i+1]) of its shard
 (shards.py). `read_batch` checks both member headers of every sample of the batch at once
-(checksum, type, size, name, layout) with a handful of numpy operations, then copies raw
-pixels with one `np.take` per shard run, or hands each compressed image, zero-copy, to its
-decoder, which writes straight into the batch. No dict, no header parse and no allocation per
+(checksum, type, size, name, layout) once per shard with a handful of numpy operations;
+a batch then copies raw pixels with one `index_select` per shard run (`read_batches`: one
+for several batches), or hands each compressed image, zero-copy, to its decoder, which
+writes straight into the batch. No dict, no header parse and no allocation per
 sample. A sample the vectorized check does not pass takes the slow path, the one-sample
 parser of shards.py, which either reads it after all (an unusual layout) or says exactly what
 is wrong: so corrupt samples are reported with the same words as ever, and skipped in step.
