@@ -20,8 +20,8 @@ import contextlib
 import fcntl
 import logging
 import os
-import shutil
 import queue
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator

@@ -165,12 +165,13 @@ class ShardLoader:
         pin = self.cfg.pin_memory and self._to_gpu
         if self._num_workers == 0:
             self._ring = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
-            self._views = [slot.permute(0, 3, 1, 2) for slot in self._ring]
-            return
-        self._ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        else:
+            self._ring = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            if pin:  # page-lock the shared pages in place, so the copies to the GPU are asynchronous
+                torch.cuda.cudart().cudaHostRegister(self._ring.data_ptr(), self._ring.numel(), 0)
         self._views = [slot.permute(0, 3, 1, 2) for slot in self._ring]
-        if pin:  # page-lock the shared pages in place, so the copies to the GPU are asynchronous
-            torch.cuda.cudart().cudaHostRegister(self._ring.data_ptr(), self._ring.numel(), 0)
+        if self._num_workers == 0:
+            return
         source, cache = self.source, self._reader.cache  # the same cache (and limit) in every process
         self._workers = ReadingProcesses(lambda: ShardReader(source, cache), self._ring, self._num_workers, self.cfg.on_corrupt)
         self._finalizer.detach()

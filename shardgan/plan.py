@@ -90,10 +90,11 @@ class RankPlan:
 
     def batch_positions(self, order: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
         """(stop - start, B, 2): the (shard, index) of every sample of batches [start, stop),
-        in one vectorized lookup (the loader takes them a block at a time, not a batch)."""
+        in one vectorized lookup (the loader takes them a block at a time, not a batch); given
+        order's shard column alone, (stop - start, B) shards."""
         stop = self.num_batches if stop is None else stop
         return order[self.batch_indices(start) + self.per_piece * np.arange(stop - start)[:, None]]
 
     def shard_sequence(self, order: np.ndarray) -> list[int]:
         """The shards this rank reads, in first-use order (what the loader fetches or reads ahead)."""
-        return list(dict.fromkeys(self.batch_positions(order)[:, :, 0].ravel().tolist()))
+        return list(dict.fromkeys(self.batch_positions(order[:, 0]).ravel().tolist()))

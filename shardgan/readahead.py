@@ -99,12 +99,11 @@ class ReadAhead:
             os.close(fd)
 
     def __call__(self, shard: int) -> int:
-        """Bytes read from the file (0: it was all in the page cache)."""
+        """Bytes read from the file (0: it was all in the page cache); asked after `missing`
+        (cache.Prefetcher's `needed`), so the page-by-page check runs for probed misses only."""
         fd = os.open(self.paths[shard], os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            if resident_pages(fd, 0, size, PROBE_EVERY).all():
-                return 0
             missing = ~resident_pages(fd, 0, size)
             per_chunk = self.chunk_bytes // mmap.PAGESIZE
             done = 0

@@ -136,7 +136,8 @@ def epoch(directory: Path, paths: list[Path], epoch_number: int, batch_size: int
     plan = RankPlan(epoch_number, 0, sum(sizes), 1, 0, batch_size)
     out = np.empty((batch_size, HEIGHT, WIDTH, 3), np.uint8)
     start = time.perf_counter()
-    prefetcher = Prefetcher(SlowReadAhead(paths, latency_s=latency_s), plan.shard_sequence(order), read_ahead) if read_ahead else None
+    read_ahead_shards = SlowReadAhead(paths, latency_s=latency_s)
+    prefetcher = Prefetcher(read_ahead_shards, plan.shard_sequence(order), read_ahead, needed=read_ahead_shards.missing) if read_ahead else None
     for b in range(plan.num_batches):
         positions = order[plan.batch_indices(b)]
         if prefetcher is not None:
