@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,8 +115,17 @@ def projected_quantiles(descriptors: torch.Tensor, directions: torch.Tensor) -> 
     chunks = []
     for chunk in directions.split(PROJECTIONS_PER_CHUNK, dim=1):
         projected = chunk.T @ descriptors.T  # (k, N): sorting along the contiguous dim is faster
-        chunks.append(projected.sort(dim=1).values[:, picks])
+        chunks.append(sorted_rows(projected)[:, picks])
     return torch.cat(chunks)
+
+
+def sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row of `x` (k, N) sorted. On a CPU numpy's sort (x86-simd-sort) gives the same values
+    ~16x faster than torch's, which took three quarters of an evaluation (the fake side's 12
+    sorts of 128 x 32k); elsewhere torch's."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=1))
+    return x.sort(dim=1).values
 
 
 class SlicedWasserstein:

@@ -114,7 +114,10 @@ class MinibatchStd(nn.Module):
         group = min(self.group_size, b)
         assert b % group == 0, f"minibatch-stddev: batch {b} is not a multiple of the group size {group}"
         y = x.float().reshape(group, b // group, c, h, w)  # image g * (b // group) + i is member g of group i, as StyleGAN2
-        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // group,)
+        # the variance by hand: torch's var over dim 0 of this small tensor takes ~1 ms on a CPU
+        # (40x the arithmetic), a fifth of the demo's step with D run four times
+        variance = (y - y.mean(dim=0)).square().mean(dim=0)
+        std = (variance + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // group,)
         return torch.cat([x, std.to(x.dtype).repeat(group)[:, None, None, None].expand(b, 1, h, w)], dim=1)
 
 

@@ -17,6 +17,7 @@ from shardgan.fidelity import (
     inception_features,
     laplacian_pyramid,
     num_levels,
+    sorted_rows,
     to_uint8_rgb,
 )
 from shardgan.synthetic import game_frame
@@ -52,6 +53,15 @@ def test_swd_is_deterministic_and_reports_each_level(real_swd: tuple[SlicedWasse
     assert first == second
     assert len(first["swd_levels"]) == metric.levels == 2  # 32x24, 16x12
     assert first["swd"] == pytest.approx(sum(first["swd_levels"]) / 2, abs=1e-3)
+
+
+def test_sorted_rows_gives_torchs_sorted_values() -> None:
+    """numpy's sort on the CPU (the evaluation's speed) must sort exactly as torch's, ties and all."""
+    x = torch.randn(5, 3000, generator=torch.Generator().manual_seed(0))
+    x[:, ::7] = x[:, :1]  # repeated values in every row
+    got = sorted_rows(x.T.contiguous().T)  # a strided view, as chunk.T @ descriptors.T is not
+    assert got.dtype == x.dtype and torch.equal(got, x.sort(dim=1).values)
+    assert not torch.equal(got, x)
 
 
 def test_laplacian_pyramid_sums_back_to_the_image() -> None:
