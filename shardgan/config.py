@@ -103,6 +103,8 @@ class DataConfig:
 
 LOSS_NAMES = ("bce", "hinge", "rpgan")
 """The losses `model.loss` may name (losses.LOSSES holds one pair of functions per name)."""
+UPSAMPLE_NAMES = ("convtranspose", "nearest")
+"""How G doubles its size (`model.upsample`)."""
 
 
 @dataclass
@@ -132,11 +134,16 @@ class ModelConfig:
     """ProGAN's minibatch-stddev layer before D's last convolution, over groups of this many
     images (StyleGAN2: 4; must divide data.batch_size): D sees how alike a group is, so a
     collapsed G is easy to tell from the data. 0: off."""
+    upsample: str = "convtranspose"
+    """How G doubles its size: convtranspose (the DCGAN's stride-2 transposed convolutions) or
+    nearest (nearest-neighbour resizing, then a 3x3 convolution: no checkerboard pattern,
+    ~2x G's arithmetic)."""
 
     def __post_init__(self) -> None:
         _check(self.width >= 8 and self.height >= 8, "model.width and model.height must be >= 8")
         _check(self.channels in (1, 3), "model.channels must be 1 or 3")
         _check(self.loss in LOSS_NAMES, f"model.loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        _check(self.upsample in UPSAMPLE_NAMES, f"model.upsample must be one of {', '.join(UPSAMPLE_NAMES)}, got {self.upsample!r}")
         _check(min(self.nz, self.ngf, self.ndf) >= 1, "model.nz, ngf, ndf must be >= 1")
         _check(self.minibatch_std >= 0 and self.minibatch_std != 1, "model.minibatch_std must be 0 (off) or a group size >= 2")
 

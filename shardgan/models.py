@@ -90,14 +90,37 @@ class Generator(nn.Module):
         layers: list[nn.Module] = []
         in_ch = cfg.nz
         for i, (kernel, out_ch) in enumerate(zip(layout.g_kernels, widths)):
-            stride, pad = (1, 0) if i == 0 else (2, 1)  # first: 1x1 -> start block; then 2x up
-            layers += [nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, pad, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(True)]
+            first = [nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0, bias=False)]  # 1x1 -> start block
+            layers += [*(first if i == 0 else upsampling(in_ch, out_ch, kernel, cfg.upsample)), nn.BatchNorm2d(out_ch), nn.ReLU(True)]
             in_ch = out_ch
-        layers += [nn.ConvTranspose2d(in_ch, cfg.channels, layout.g_kernels[-1], 2, 1, bias=False), nn.Tanh()]
+        layers += [*upsampling(in_ch, cfg.channels, layout.g_kernels[-1], cfg.upsample), nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.main(z)
+
+
+def upsampling(in_ch: int, out_ch: int, kernel: Kernel, mode: str) -> list[nn.Module]:
+    """One 2x step up of G (2x + 1 along a side with kernel 5). "convtranspose": the DCGAN's
+    stride-2 transposed convolution; "nearest": nearest-neighbour resizing to the same size, then
+    a 3x3 convolution, which cannot learn the checkerboard pattern of a transposed convolution's
+    uneven overlaps (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+    if mode == "convtranspose":
+        return [nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1, bias=False)]
+    return [Resize2x(kernel), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
+
+
+class Resize2x(nn.Module):
+    """Nearest-neighbour resizing to the size a stride-2, padding-1 transposed convolution with
+    this kernel gives: 2 x side + (kernel - 4)."""
+
+    def __init__(self, kernel: Kernel):
+        super().__init__()
+        self.extra = (kernel[0] - 4, kernel[1] - 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return F.interpolate(x, size=(2 * h + self.extra[0], 2 * w + self.extra[1]), mode="nearest")
 
 
 class MinibatchStd(nn.Module):

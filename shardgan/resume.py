@@ -37,7 +37,7 @@ REFUSED, ELASTIC, APPLIED, FREE = "refused", "elastic", "applied", "free"
 CHANGE_POLICY: dict[str, str] = {
     # refused: the saved weights or data position mean nothing under the new value
     **dict.fromkeys(("model.width", "model.height", "model.channels", "model.nz", "model.ngf", "model.ndf"), REFUSED),
-    **dict.fromkeys(("model.loss", "model.spectral_norm", "model.d_batchnorm", "model.minibatch_std", "data.seed", "data.canonical_nodes", "data.split"), REFUSED),
+    **dict.fromkeys(("model.loss", "model.upsample", "model.spectral_norm", "model.d_batchnorm", "model.minibatch_std", "data.seed", "data.canonical_nodes", "data.split"), REFUSED),
     # elastic: continues correctly but not bit-exactly; only with checkpoint.allow_config_change
     **dict.fromkeys(("data.batch_size", "train.seed"), ELASTIC),
     # applied with a warning: the run continues from here under the new value, not bit-exactly

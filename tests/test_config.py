@@ -19,7 +19,7 @@ OUT_OF_RANGE: dict[str, str | None] = {
     "data.split": None, "data.batch_size": "0", "data.num_workers": "-1", "data.seed": "-1", "data.canonical_nodes": "-1", "data.on_corrupt": "ignore",
     "data.pin_memory": None, "data.prefetch_factor": "0", "data.progress_every_s": "-1", "data.decode_device": "gpu", "data.translate_px": "-1", "data.color_jitter": "-0.1", "data.hflip": None,
     "model.width": "7", "model.height": "4", "model.channels": "2", "model.nz": "0", "model.ngf": "0", "model.ndf": "0",
-    "model.loss": "wgan", "model.spectral_norm": None, "model.d_batchnorm": None, "model.minibatch_std": "1",
+    "model.loss": "wgan", "model.upsample": "bilinear", "model.spectral_norm": None, "model.d_batchnorm": None, "model.minibatch_std": "1",
     "optim.lr_g": "0", "optim.lr_d": "-1", "optim.beta1": "1.0", "optim.beta2": "-0.5",
     "optim.r1_gamma": "-0.1", "optim.r2_gamma": "-1", "optim.penalty_every_steps": "0", "optim.decay_steps": "-1", "optim.lr_final": "0", "optim.gamma_final": "1.5",
     "train.epochs": "0", "train.max_steps": "-1", "train.seed": str(2**63), "train.device": "gpu", "train.precision": "fp16",

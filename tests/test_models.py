@@ -8,7 +8,7 @@ import torch
 from shardgan.config import ModelConfig
 from shardgan.configfile import load_config
 from shardgan.errors import ConfigError
-from shardgan.models import EMA, MinibatchStd, build_models, count_params, choose_layout
+from shardgan.models import EMA, MinibatchStd, build_models, count_params, choose_layout, upsampling
 from tests.conftest import ROOT
 
 
@@ -31,12 +31,40 @@ def test_original_layout_is_used_for_88x66() -> None:
     ("width", "height", "channels"),
     [(64, 64, 3), (88, 66, 3), (128, 96, 3), (160, 120, 3), (256, 144, 3), (64, 64, 1), (24, 16, 3), (8, 8, 1), (33, 17, 3), (90, 50, 1)],
 )
-def test_shapes_for_sizes(width: int, height: int, channels: int) -> None:
-    cfg = ModelConfig(width=width, height=height, channels=channels, nz=8, ngf=4, ndf=4)
+@pytest.mark.parametrize("upsample", ["convtranspose", "nearest"])
+def test_shapes_for_sizes(width: int, height: int, channels: int, upsample: str) -> None:
+    cfg = ModelConfig(width=width, height=height, channels=channels, nz=8, ngf=4, ndf=4, upsample=upsample)
     g, d = build_models(cfg, seed=0)
     images = g(torch.randn(3, 8, 1, 1))
     assert images.shape == (3, channels, height, width)
     assert d(images).shape == (3,)
+
+
+@pytest.mark.parametrize("kernel", [(4, 4), (5, 4), (4, 5)])
+def test_nearest_upsampling_paints_no_checkerboard_where_a_transposed_convolution_does(kernel: tuple[int, int]) -> None:
+    """A flat feature map stays flat through resize + 3x3 conv (away from the zero-padded border);
+    a stride-2 transposed convolution with random weights turns it into a 2x2-periodic pattern."""
+    torch.manual_seed(0)
+    flat = torch.ones(1, 4, 6, 8)
+    nearest, transposed = (torch.nn.Sequential(*upsampling(4, 2, kernel, mode)) for mode in ("nearest", "convtranspose"))
+    a, b = nearest(flat), transposed(flat)
+    assert a.shape == b.shape == (1, 2, 12 + kernel[0] - 4, 16 + kernel[1] - 4)
+    inner_a, inner_b = a[..., 2:-2, 2:-2], b[..., 2:-2, 2:-2]
+    assert torch.allclose(inner_a, inner_a[..., :1, :1].expand_as(inner_a), atol=1e-6)
+    assert (inner_b.amax(dim=(-2, -1)) - inner_b.amin(dim=(-2, -1))).min() > 1e-3
+
+
+def test_nearest_g_has_one_transposed_convolution_and_fewer_parameters() -> None:
+    """Only the 1x1 -> start block layer stays transposed; 3x3 kernels instead of 4x4 on the way up."""
+    cfg = ModelConfig(width=64, height=48, nz=8, ngf=4, ndf=4)
+    g_t, _ = build_models(cfg, seed=0)
+    cfg.upsample = "nearest"
+    g_n, _ = build_models(cfg, seed=0)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g_n.modules()) == 1
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g_t.modules()) == len(choose_layout(64, 48).g_kernels)
+    assert count_params(g_n) < count_params(g_t)
+    with pytest.raises(ConfigError, match="model.upsample must be one of convtranspose, nearest"):
+        ModelConfig(upsample="bilinear")
 
 
 def test_spectral_norm_discriminator_has_no_batchnorm() -> None:

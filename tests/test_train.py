@@ -266,12 +266,14 @@ def test_minibatch_std_must_divide_the_batch() -> None:
         rpgan_trainer(0.0, 0.0, 1, minibatch_std=4)
 
 
-def test_rpgan_with_lazy_penalties_and_minibatch_std_resumes_exactly(tiny_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", [["model.d_batchnorm=false"], ["model.d_batchnorm=true", "model.upsample=nearest"]], ids=["r3gan", "demo"])
+def test_rpgan_with_lazy_penalties_and_minibatch_std_resumes_exactly(tiny_shards: Path, tmp_path: Path, model: list[str]) -> None:
     """The penalty steps and the decayed learning rates and gammas follow from the step count
-    alone: stopped at step 25 (mid-period of 3, mid-decay) and resumed == straight, bit for bit."""
+    alone: stopped at step 25 (mid-period of 3, mid-decay) and resumed == straight, bit for bit;
+    R3GAN's D without BN, and the demo's models (BN in D, G resizing)."""
     from tests.trainer_runs import COMPARED, assert_same_state
 
-    extra = ["model.loss=rpgan", "model.d_batchnorm=false", "model.minibatch_std=4", "optim.r1_gamma=0.5", "optim.r2_gamma=0.5", "optim.penalty_every_steps=3", "optim.decay_steps=28"]
+    extra = ["model.loss=rpgan", *model, "model.minibatch_std=4", "optim.r1_gamma=0.5", "optim.r2_gamma=0.5", "optim.penalty_every_steps=3", "optim.decay_steps=28"]
     straight, resumed = tmp_path / "straight_rpgan", tmp_path / "resumed_rpgan"
     assert train_inprocess(tiny_shards, straight, *extra, "train.max_steps=30") == 0
     assert train_inprocess(tiny_shards, resumed, *extra, "train.max_steps=25") == 0
