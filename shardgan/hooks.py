@@ -244,7 +244,8 @@ class Hooks:
         time_due = self.take(self.agreement.push(t.step, not_finite(stats), [self.stop.signum is not None, time_due]))
         if t.world.is_main and t.step % cfg.train.log_every_steps == 0:
             self.log_metrics(stats, epoch)
-        if t.world.is_main and cfg.train.sample_every_steps and t.step % cfg.train.sample_every_steps == 0:
+        sample_every = cfg.train.sample_every_steps  # and the last step, whatever its number: the run's final samples
+        if t.world.is_main and sample_every and (t.step % sample_every == 0 or t.step == self.total):
             self.tensorboard.images(t.step, save_samples(t, self.rd.sample(t.step)))
         if t.step == self.total or (cfg.eval.every_steps and t.step % cfg.eval.every_steps == 0):
             self.evaluate()

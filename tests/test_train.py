@@ -33,6 +33,12 @@ from tests.trainer_runs import (
 )
 
 
+def test_the_last_step_writes_samples_between_multiples_of_sample_every_steps(tiny_shards: Path, tmp_path: Path) -> None:
+    """The demo trains 2,500 steps with samples every 200: its final grid must still exist."""
+    assert train_inprocess(tiny_shards, tmp_path / "run", "train.max_steps=12", "train.sample_at_epoch_end=false") == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step_000010.png", "step_000012.png"]
+
+
 def test_run_dir_holds_outputs(straight: Path) -> None:
     for name in ("config.toml", "architecture.txt", "train.log", "metrics.jsonl", "train_batch.png", "loss_curve.png"):
         assert (straight / name).stat().st_size > 0, name
