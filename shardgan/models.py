@@ -3,7 +3,8 @@
 Layers per spatial dimension, from the image size S back to a small start size:
 S even -> S/2 with kernel 4 (2x up/down), S odd -> (S-1)/2 with kernel 5 (2x+1), until the
 smaller dimension would drop below 3. G starts with a ConvT of kernel (h0, w0) from 1x1 and
-goes up with stride 2, padding 1; D mirrors G with stride-2 convs and ends with a conv of
+goes up with stride 2, padding 1 (or, with model.upsample = "nearest", resizes to the same
+sizes and convolves 3x3); D mirrors G with stride-2 convs and ends with a conv of
 kernel (h0, w0) to one logit. 64x64 gives the classic DCGAN (start 4x4, all kernels 4).
 The original project's 88x66 layout used other D kernels; `ORIGINAL_LAYOUTS` keeps it so its
 parameter counts (GC7M: G 4,338,560, D 3,783,424) are reproduced exactly.
@@ -103,8 +104,8 @@ class Generator(nn.Module):
 def upsampling(in_ch: int, out_ch: int, kernel: Kernel, mode: str) -> list[nn.Module]:
     """One 2x step up of G (2x + 1 along a side with kernel 5). "convtranspose": the DCGAN's
     stride-2 transposed convolution; "nearest": nearest-neighbour resizing to the same size, then
-    a 3x3 convolution, which cannot learn the checkerboard pattern of a transposed convolution's
-    uneven overlaps (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
+    a 3x3 convolution, which cannot paint the checkerboard pattern a transposed convolution's
+    2x2 phases learn easily (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts")."""
     if mode == "convtranspose":
         return [nn.ConvTranspose2d(in_ch, out_ch, kernel, 2, 1, bias=False)]
     return [Resize2x(kernel), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
@@ -138,7 +139,7 @@ class MinibatchStd(nn.Module):
         assert b % group == 0, f"minibatch-stddev: batch {b} is not a multiple of the group size {group}"
         y = x.float().reshape(group, b // group, c, h, w)  # image g * (b // group) + i is member g of group i, as StyleGAN2
         # the variance by hand: torch's var over dim 0 of this small tensor takes ~1 ms on a CPU
-        # (40x the arithmetic), a fifth of the demo's step with D run four times
+        # (40x the arithmetic), 11 % of the demo's step with D run four times
         variance = (y - y.mean(dim=0)).square().mean(dim=0)
         std = (variance + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b // group,)
         return torch.cat([x, std.to(x.dtype).repeat(group)[:, None, None, None].expand(b, 1, h, w)], dim=1)
