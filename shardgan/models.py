@@ -91,8 +91,11 @@ class Generator(nn.Module):
         layers: list[nn.Module] = []
         in_ch = cfg.nz
         for i, (kernel, out_ch) in enumerate(zip(layout.g_kernels, widths)):
-            first = [nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0, bias=False)]  # 1x1 -> start block
-            layers += [*(first if i == 0 else upsampling(in_ch, out_ch, kernel, cfg.upsample)), nn.BatchNorm2d(out_ch), nn.ReLU(True)]
+            if i == 0:  # 1x1 -> start block
+                layers.append(nn.ConvTranspose2d(in_ch, out_ch, kernel, 1, 0, bias=False))
+            else:  # then 2x up
+                layers += upsampling(in_ch, out_ch, kernel, cfg.upsample)
+            layers += [nn.BatchNorm2d(out_ch), nn.ReLU(True)]
             in_ch = out_ch
         layers += [*upsampling(in_ch, cfg.channels, layout.g_kernels[-1], cfg.upsample), nn.Tanh()]
         self.main = nn.Sequential(*layers)
