@@ -10,6 +10,7 @@ import socket
 import struct
 import sys
 import tarfile
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -150,6 +151,22 @@ def corrupt_images(shard: Path, keys: list[str]) -> None:
 def frames_dir(tmp_path: Path) -> Path:
     write_frames(tmp_path / "frames", 40)
     return tmp_path / "frames"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def survivors(pids: list[int], timeout_s: float = 10.0) -> list[int]:
+    """Those of `pids` still running after waiting up to `timeout_s` for all to end."""
+    deadline = time.monotonic() + timeout_s
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if alive(p)]
 
 
 def free_port() -> int:

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from shardgan.pool import ordered_map, worker_pool
 
-from .conftest import PYTHON, ROOT
+from .conftest import PYTHON, ROOT, alive, survivors
 
 
 def square_and_pid(x: int) -> tuple[int, int]:
@@ -30,14 +29,6 @@ def test_results_come_in_task_order(num_workers: int) -> None:
     assert in_here == (num_workers == 1), "one worker runs in this process, more in a pool"
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie that nobody reaped yet counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.multiproc
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_die_with_a_killed_parent() -> None:
@@ -50,10 +41,7 @@ def test_workers_die_with_a_killed_parent() -> None:
     )
     parent = subprocess.Popen([PYTHON, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     workers = [int(pid) for pid in parent.stdout.readline().split()]
-    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    assert len(workers) == 2 and all(alive(pid) for pid in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers), "a worker outlived the killed pack"
+    assert not survivors(workers), "a worker outlived the killed pack"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from shardgan.errors import DataError
 from shardgan.loader import ShardLoader
 from shardgan.evaluate import load_real_images
 
-from .conftest import PYTHON, build_dataset
+from .conftest import PYTHON, build_dataset, survivors
 from .http_server import serve
 from .loader_runs import SIZES, all_ranks_epoch, make_loader, run_torchrun, take
-from .trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, train_args, train_inprocess, wait_for
+from .trainer_runs import ENV, STEPS, assert_same_final, checkpoint_exists, newest_step, process_tree, train_args, train_inprocess, wait_for
 
 PATTERN = "train-{000000..000003}.tar"
 FAST = {"fetch_attempts": 3, "fetch_backoff_s": 0.01, "fetch_timeout_s": 0.5}
@@ -141,10 +142,14 @@ def test_training_from_http_killed_and_resumed_on_a_cold_cache_equals_local_disk
         server.once["train-000001.tar"] = ["drop", "500"]
         url = f"{server.url}/train-{{000000..000002}}.tar"
         extra = (f"data.cache_dir={cache}", "data.fetch_backoff_s=0.05")
-        proc = subprocess.Popen([PYTHON, "-m", "shardgan.train", *train_args(url, run, *extra)], env=ENV, stderr=subprocess.DEVNULL)
-        wait_for(lambda: checkpoint_exists(run, 10), proc)
-        proc.kill()
+        proc = subprocess.Popen([PYTHON, "-m", "shardgan.train", *train_args(url, run, *extra)], env=ENV, stderr=subprocess.DEVNULL, start_new_session=True)
+        # killed once a checkpoint is written and the faults were met: shard 1 is first read after
+        # step 10, so only the prefetcher's retries meet them, which a fast step 10 can outrun
+        wait_for(lambda: checkpoint_exists(run, 10) and server.requests["train-000001.tar"] >= 3, proc)
+        group = process_tree(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its reading processes, as a node dies
         proc.wait()
+        assert not survivors(group)  # none still writing into the cache removed below
         assert newest_step(run) < STEPS
         assert server.requests["train-000001.tar"] >= 3  # the faults were met
         shutil.rmtree(cache)

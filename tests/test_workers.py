@@ -15,7 +15,7 @@ import pytest
 
 import torch
 
-from .conftest import PYTHON, ROOT, build_dataset, corrupt_images
+from .conftest import PYTHON, ROOT, build_dataset, corrupt_images, survivors
 from shardgan.config import DataConfig
 from shardgan.errors import CorruptSampleError, DataError
 from shardgan.loader import ShardLoader
@@ -134,18 +134,7 @@ def test_workers_exit_when_the_trainer_is_killed(tmp_path):
     assert len(pids) == 2
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if _alive(p)]
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    assert not survivors(pids)
 
 
 def test_raw_shards_are_read_in_the_training_thread(tmp_path):
